@@ -1,0 +1,166 @@
+"""Shapes of the alerts domain: severities, rules, findings and alert records."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel
+
+from weijian.devices.kinds import DeviceKind, SiteKind
+from weijian.telemetry import Event, Reading
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    MAJOR = "major"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+
+_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.MAJOR: 2, Severity.CRITICAL: 3}
+
+
+class AlertStatus(StrEnum):
+    FIRING = "firing"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """A rule of the catalogue (docs/rules.md): stable id, names and the source it applies."""
+
+    id: str
+    name_zh: str
+    name_en: str
+    source: str
+    level: Literal["reg", "std", "local", "policy"]
+
+
+@dataclass(frozen=True)
+class DeviceData:
+    """What a detector sees of one device: its recent readings and events, sorted by time."""
+
+    device_id: str
+    kind: DeviceKind
+    readings: Sequence[Reading] = ()
+    events: Sequence[Event] = ()
+    # When the platform last heard from the device (receive time), if ever.
+    last_seen: datetime | None = None
+    online: bool | None = None
+
+    def series(self, metric: str) -> list[Reading]:
+        return [r for r in self.readings if r.metric == metric]
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """A site with the devices a detector needs, and the profile (limits) in force."""
+
+    site_id: str
+    site_kind: SiteKind
+    devices: Mapping[str, DeviceData]
+    profile: Profile
+
+    def of_kind(self, *kinds: DeviceKind) -> list[DeviceData]:
+        return [d for d in self.devices.values() if d.kind in kinds]
+
+
+class Profile:
+    """Limits in force for a site (defaults < site kind < site < device overrides)."""
+
+    def __init__(
+        self,
+        values: Mapping[str, Any],
+        device_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self._values = dict(values)
+        self._device = {k: dict(v) for k, v in (device_overrides or {}).items()}
+
+    def get(self, key: str, device_id: str | None = None) -> Any:
+        if device_id is not None and key in self._device.get(device_id, {}):
+            return self._device[device_id][key]
+        if key not in self._values:
+            raise KeyError(f"profile has no setting {key!r}")
+        return self._values[key]
+
+    def number(self, key: str, device_id: str | None = None) -> float:
+        return float(self.get(key, device_id))
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A detector's verdict on one (rule, site, device) at evaluation time.
+
+    `state="firing"` means the violation holds (or a closed episode, such as a bad batch,
+    was found); `state="clear"` is positive evidence that the condition no longer holds
+    (e.g. a later compliant batch), which lets the alert resolve.
+    """
+
+    rule: str
+    site_id: str
+    device_id: str | None
+    state: Literal["firing", "clear"]
+    severity: Severity = Severity.MAJOR
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    value: float | None = None
+    limit: float | None = None
+    unit: str | None = None
+    summary: str = ""
+    # Evidence window for plotting: (from, to) device time, and the metric concerned.
+    evidence_from: datetime | None = None
+    evidence_to: datetime | None = None
+    evidence_metric: str | None = None
+    # Identifies the episode (batch id, bag id, ...) so the same episode is not counted twice.
+    episode: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Detector(Protocol):
+    """A pure detector: site data, profile and the evaluation time in, findings out."""
+
+    rule: RuleSpec
+    device_kinds: frozenset[DeviceKind]
+    # How much history (device time before `now`) the detector needs.
+    lookback: timedelta
+
+    def __call__(self, site: SiteData, now: datetime) -> list[Finding]: ...
+
+
+class Alert(BaseModel):
+    """An alert as stored and served by the API."""
+
+    id: int
+    fingerprint: str
+    rule: str
+    severity: Severity
+    status: AlertStatus
+    site_id: str
+    device_id: str | None
+    started_at: datetime
+    last_seen_at: datetime
+    resolved_at: datetime | None
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    value: float | None
+    limit_value: float | None
+    unit: str | None
+    source: str
+    summary: str
+    evidence_from: datetime | None
+    evidence_to: datetime | None
+    evidence_metric: str | None
+    occurrences: int
+    details: dict[str, Any]

@@ -1,0 +1,59 @@
+"""Default limits per site kind (../DOMAIN.md); sites and devices override any of them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from weijian.alerts.models import Profile
+from weijian.devices.kinds import SiteKind
+
+# Settings shared by every site (data integrity, presence).
+COMMON: dict[str, Any] = {
+    "offline.interval_factor": 3.0,
+    "offline.min_s": 600.0,
+    "clock_skew.max_s": 300.0,
+}
+
+DEFAULTS: dict[SiteKind, dict[str, Any]] = {
+    SiteKind.DISINFECTION_PLANT: {
+        **COMMON,
+        "steam.min_temp_c": 100.0,
+        "steam.min_hold_s": 600.0,
+        "infrared.min_temp_c": 120.0,
+        "infrared.min_hold_s": 600.0,
+        # A run at temperature is broken by a gap between samples longer than this.
+        "hold.max_sample_gap_s": 60.0,
+        "dish.min_rinse_temp_c": 85.0,
+        "dish.min_exposure_s": 40.0,
+        "dish.zone_length_m": 1.0,
+        "chlorine.min_mg_l": 250.0,
+        "chlorine.min_immersion_s": 300.0,
+    },
+    SiteKind.MEDICAL_INSTITUTION: {
+        **COMMON,
+        "waste.max_storage_h": 48.0,
+        "waste.warn_storage_h": 36.0,
+        "waste.weight_tolerance_pct": 2.0,
+        "waste.cold_storage_required": False,
+        "waste.max_temp_c": 20.0,
+        "waste.min_uv_min_per_day": 30.0,
+        "waste.max_door_open_min": 30.0,
+    },
+}
+
+
+def default_profile(site_kind: SiteKind | str) -> dict[str, Any]:
+    """The default settings of a site kind (a copy)."""
+    return dict(DEFAULTS[SiteKind(site_kind)])
+
+
+def build_profile(
+    site_kind: SiteKind | str,
+    site_overrides: Mapping[str, Any] | None = None,
+    device_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Profile:
+    """Defaults of the kind, with the site's overrides on top and per-device overrides."""
+    values = default_profile(site_kind)
+    values.update(site_overrides or {})
+    return Profile(values, device_overrides)
