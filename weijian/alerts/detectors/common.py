@@ -1,0 +1,268 @@
+"""Building blocks shared by the detectors: per-device iteration, spells, clears, local time.
+
+Conventions every detector follows (docs/rules.md, "Episodes and clears"):
+
+- A firing finding is either *open* (`ended_at is None`: the violation still holds at the last
+  data point) or *closed* (a past episode such as a bad batch, `ended_at` set).
+- A clear finding is positive evidence that the condition no longer holds. A detector never
+  emits a clear for a (device, rule) while it emits an open firing for it in the same run.
+- The state of a (device, rule) after one run is therefore: firing if any open firing, else the
+  finding with the latest `evidence_to` (firing wins a tie). `current_state` implements this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from weijian.alerts.models import DeviceData, Finding, RuleSpec, Severity, SiteData
+from weijian.devices.kinds import DeviceKind
+from weijian.telemetry import Reading
+
+LOCAL_TZ = ZoneInfo("Asia/Shanghai")
+
+
+class DeviceDetector:
+    """Base of detectors that judge each device of some kinds on its own."""
+
+    rule: RuleSpec
+    device_kinds: frozenset[DeviceKind]
+    lookback: timedelta
+
+    def __call__(self, site: SiteData, now: datetime) -> list[Finding]:
+        findings: list[Finding] = []
+        for device in site.of_kind(*sorted(self.device_kinds)):
+            findings.extend(settle(self.judge(site, device, now)))
+        return findings
+
+    def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
+        raise NotImplementedError
+
+
+def settle(findings: Sequence[Finding]) -> list[Finding]:
+    """Drop clears while an open firing exists: one device's findings for one rule."""
+    if any(f.state == "firing" and f.ended_at is None for f in findings):
+        return [f for f in findings if f.state == "firing"]
+    return list(findings)
+
+
+def current_state(findings: Iterable[Finding]) -> dict[tuple[str | None, str], Finding]:
+    """The finding that decides each (device, rule): open firing, else latest evidence."""
+    best: dict[tuple[str | None, str], Finding] = {}
+    for finding in findings:
+        key = (finding.device_id, finding.rule)
+        held = best.get(key)
+        if held is None or _rank(finding) > _rank(held):
+            best[key] = finding
+    return best
+
+
+def _rank(finding: Finding) -> tuple[int, datetime, int]:
+    is_open = finding.state == "firing" and finding.ended_at is None
+    when = finding.evidence_to or finding.ended_at or finding.started_at or _EARLIEST
+    return (int(is_open), when, int(finding.state == "firing"))
+
+
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def series(device: DeviceData, metric: str) -> list[Reading]:
+    """One metric of a device sorted by device time (data may arrive out of order)."""
+    return sorted(device.series(metric), key=lambda r: (r.ts, r.seq or 0))
+
+
+def seconds(profile_value: float) -> timedelta:
+    return timedelta(seconds=profile_value)
+
+
+def mmss(span: timedelta) -> str:
+    """A duration as m:ss (or h:mm:ss from one hour), never rounded up."""
+    total = int(span.total_seconds())
+    hours, rest = divmod(total, 3600)
+    if hours:
+        return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+    return f"{rest // 60}:{rest % 60:02d}"
+
+
+def iso(ts: datetime) -> str:
+    return ts.isoformat()
+
+
+def local_day(ts: datetime) -> date:
+    return ts.astimezone(LOCAL_TZ).date()
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    """Start and end (exclusive) of a calendar day in the sites' time zone."""
+    after = day + timedelta(days=1)
+    return (
+        datetime(day.year, day.month, day.day, tzinfo=LOCAL_TZ),
+        datetime(after.year, after.month, after.day, tzinfo=LOCAL_TZ),
+    )
+
+
+def floor_to(ts: datetime, step: timedelta) -> datetime:
+    """`ts` floored to a multiple of `step` since the Unix epoch (buckets stable across runs)."""
+    return ts - (ts - _EPOCH) % step
+
+
+# --- Level conditions: a metric beyond a limit, for long enough ----------------------------
+
+
+@dataclass(frozen=True)
+class Point:
+    """A sample judged against a condition: bad, good, or None when not applicable."""
+
+    ts: datetime
+    value: float
+    bad: bool | None
+
+
+@dataclass(frozen=True)
+class Spell:
+    """A run of consecutive bad points (a gap longer than the allowed one breaks it)."""
+
+    points: tuple[Point, ...]
+    # When the condition is known to have ended: the good point that ended it, or the last bad
+    # point when data stopped applying (gap, not applicable); None while it still holds.
+    end: datetime | None
+    ended_by_good: bool
+
+    @property
+    def first(self) -> datetime:
+        return self.points[0].ts
+
+    @property
+    def last(self) -> datetime:
+        return self.points[-1].ts
+
+    @property
+    def duration(self) -> timedelta:
+        """Provable duration: first to last bad sample (never overstated)."""
+        return self.last - self.first
+
+    @property
+    def values(self) -> list[float]:
+        return [p.value for p in self.points]
+
+
+def bad_spells(points: Sequence[Point], max_gap: timedelta) -> list[Spell]:
+    """Runs of consecutive bad points, in time order."""
+    found: list[Spell] = []
+    run: list[Point] = []
+    for point in points:
+        if run and (point.bad is not True or point.ts - run[-1].ts > max_gap):
+            good = point.bad is False and point.ts - run[-1].ts <= max_gap
+            found.append(Spell(tuple(run), point.ts if good else run[-1].ts, good))
+            run = []
+        if point.bad is True:
+            run.append(point)
+    if run:
+        found.append(Spell(tuple(run), None, False))
+    return found
+
+
+def good_stretch(
+    points: Sequence[Point], after: datetime | None, max_gap: timedelta
+) -> tuple[datetime, datetime, timedelta] | None:
+    """Compliant evidence after `after`: (first good, last good, good time), if the latest
+    applicable point is good. Good time only counts between consecutive good points."""
+    applicable = [p for p in points if p.bad is not None and (after is None or p.ts > after)]
+    if not applicable or applicable[-1].bad:
+        return None
+    good_time = timedelta(0)
+    for prev, cur in zip(applicable, applicable[1:], strict=False):
+        if prev.bad is False and cur.bad is False and cur.ts - prev.ts <= max_gap:
+            good_time += cur.ts - prev.ts
+    goods = [p for p in applicable if p.bad is False]
+    return goods[0].ts, goods[-1].ts, good_time
+
+
+@dataclass(frozen=True)
+class LevelRule:
+    """How a level condition of one metric becomes findings."""
+
+    spec: RuleSpec
+    metric: str
+    limit: float
+    unit: str
+    severity: Severity
+    max_gap: timedelta
+    # A spell fires when it lasts at least `min_duration` (more than it, if `strictly_longer`).
+    min_duration: timedelta = timedelta(0)
+    strictly_longer: bool = False
+    # Compliant time needed after the last firing spell before the rule clears.
+    clear_after: timedelta = timedelta(0)
+    clear_summary: str = "已恢复正常"
+
+    def qualifies(self, spell: Spell) -> bool:
+        if self.strictly_longer:
+            return spell.duration > self.min_duration
+        return spell.duration >= self.min_duration
+
+
+def level_findings(
+    rule: LevelRule,
+    site: SiteData,
+    device: DeviceData,
+    points: Sequence[Point],
+    describe: Callable[[Spell], tuple[float, str]],
+) -> list[Finding]:
+    """Firing findings for qualifying bad spells, and a clear when compliance is proven.
+
+    `describe` gives the measured value and the Chinese summary of a spell.
+    """
+    firing = [s for s in bad_spells(points, rule.max_gap) if rule.qualifies(s)]
+    findings = [_spell_finding(rule, site, device, spell, *describe(spell)) for spell in firing]
+    last = firing[-1] if firing else None
+    stretch = good_stretch(points, last.last if last else None, rule.max_gap)
+    if stretch is not None and stretch[2] >= rule.clear_after:
+        first_good, last_good, good_time = stretch
+        findings.append(
+            Finding(
+                rule=rule.spec.id,
+                site_id=site.site_id,
+                device_id=device.device_id,
+                state="clear",
+                severity=rule.severity,
+                limit=rule.limit,
+                unit=rule.unit,
+                summary=rule.clear_summary,
+                evidence_from=first_good,
+                evidence_to=last_good,
+                evidence_metric=rule.metric,
+                episode=spell_episode(rule.metric, last) if last else f"{rule.metric}@ok",
+                details={"compliant_s": good_time.total_seconds()},
+            )
+        )
+    return findings
+
+
+def spell_episode(metric: str, spell: Spell) -> str:
+    return f"{metric}@{iso(spell.first)}"
+
+
+def _spell_finding(
+    rule: LevelRule, site: SiteData, device: DeviceData, spell: Spell, value: float, summary: str
+) -> Finding:
+    return Finding(
+        rule=rule.spec.id,
+        site_id=site.site_id,
+        device_id=device.device_id,
+        state="firing",
+        severity=rule.severity,
+        started_at=spell.first,
+        ended_at=spell.end,
+        value=value,
+        limit=rule.limit,
+        unit=rule.unit,
+        summary=summary,
+        evidence_from=spell.first,
+        evidence_to=spell.end or spell.last,
+        evidence_metric=rule.metric,
+        episode=spell_episode(rule.metric, spell),
+        details={"duration_s": spell.duration.total_seconds(), "samples": len(spell.points)},
+    )

@@ -1,0 +1,123 @@
+"""Evaluation flow: load a site's data, run the detectors, reconcile alerts, open tasks, queue SMS.
+
+Everything a finding causes is written in one transaction per site, so the outbox never
+holds a message for an alert that was rolled back (and vice versa).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from weijian.alerts import repository, service
+from weijian.alerts.models import Detector, DeviceData, Finding, SiteData
+from weijian.alerts.profiles import build_profile
+from weijian.db.connection import AsyncConn
+from weijian.devices import service as devices
+from weijian.devices.kinds import DeviceKind, SiteKind
+from weijian.inspections import service as inspections
+from weijian.notify import service as notify
+from weijian.users import service as users
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluationResult:
+    findings: int = 0
+    changes: list[service.AlertChange] = field(default_factory=list)
+    tasks_opened: list[int] = field(default_factory=list)
+    notifications: list[int] = field(default_factory=list)
+
+
+async def load_site_data(*, conn: AsyncConn, site_ids: Sequence[str], detectors: Sequence[Detector],
+                         now: datetime) -> list[SiteData]:
+    """Each site's devices with the readings and events the detectors need, up to `now`."""
+    rows = await repository.site_devices(conn=conn, site_ids=site_ids)
+    if not rows:
+        return []
+    by_site: dict[str, list[dict[str, object]]] = defaultdict(list)
+    for row in rows:
+        by_site[str(row["site_id"])].append(row)
+    lookback: dict[DeviceKind, timedelta] = {}
+    for detector in detectors:
+        for kind in detector.device_kinds:
+            lookback[kind] = max(lookback.get(kind, timedelta(0)), detector.lookback)
+    sites: list[SiteData] = []
+    for site_id, device_rows in by_site.items():
+        device_data: dict[str, DeviceData] = {}
+        for row in device_rows:
+            kind = DeviceKind(str(row["kind"]))
+            span = lookback.get(kind)
+            device_id = str(row["id"])
+            readings = events = []
+            if span is not None:
+                start = now - span
+                readings = await repository.readings_between(conn=conn, device_ids=[device_id], start=start, end=now)
+                events = await repository.events_between(conn=conn, device_ids=[device_id], start=start, end=now)
+            device_data[device_id] = DeviceData(
+                device_id=device_id, kind=kind, readings=readings, events=events,
+                last_seen=row["last_seen_at"], online=row["online"],  # type: ignore[arg-type]
+            )
+        first = device_rows[0]
+        profile = build_profile(
+            str(first["site_kind"]), first["site_profile"],  # type: ignore[arg-type]
+            {str(r["id"]): r["profile"] for r in device_rows if r["profile"]},  # type: ignore[misc]
+        )
+        sites.append(SiteData(site_id, SiteKind(str(first["site_kind"])), device_data, profile))
+    return sites
+
+
+def run_detectors(site: SiteData, detectors: Sequence[Detector], now: datetime) -> list[Finding]:
+    """All findings of the detectors that apply to the site's devices (pure)."""
+    kinds = {d.kind for d in site.devices.values()}
+    findings: list[Finding] = []
+    for detector in detectors:
+        if detector.device_kinds & kinds:
+            findings.extend(detector(site, now))
+    return findings
+
+
+async def handle_changes(*, conn: AsyncConn, changes: Sequence[service.AlertChange], now: datetime,
+                         rng: random.Random, sign: str, result: EvaluationResult) -> None:
+    """Tasks and SMS for new and escalated alerts."""
+    for change in changes:
+        if change.kind == "resolved":
+            continue
+        site = await devices.get_site(conn=conn, site_id=change.site_id)
+        if site is None:
+            continue
+        if change.kind == "fired":
+            result.notifications += await notify.notify_alert(
+                conn=conn, alert_id=change.alert_id, rule=change.rule, severity=change.severity,
+                summary=change.summary, site=site, sign=sign, now=now)
+        outcome = await inspections.open_or_join(
+            conn=conn, site_id=change.site_id, alert_id=change.alert_id, severity=change.severity,
+            summary=change.summary, now=now, rng=rng)
+        if outcome is None:
+            continue
+        if outcome.opened:
+            result.tasks_opened.append(outcome.task_id)
+        people = [u for name in outcome.inspectors if (u := await users.get_user(conn=conn, username=name))]
+        result.notifications += await notify.notify_inspectors(
+            conn=conn, task_id=outcome.task_id, alert_id=change.alert_id, opened=outcome.opened,
+            inspectors=people, site=site, summary=change.summary, due_at=outcome.due_at,
+            sign=sign, now=now)
+
+
+async def evaluate_sites(*, conn: AsyncConn, site_ids: Sequence[str], detectors: Sequence[Detector],
+                         now: datetime, rng: random.Random, sign: str) -> EvaluationResult:
+    """Run the detectors over the sites and commit what follows, one transaction per site."""
+    result = EvaluationResult()
+    for site in await load_site_data(conn=conn, site_ids=site_ids, detectors=detectors, now=now):
+        findings = run_detectors(site, detectors, now)
+        result.findings += len(findings)
+        async with conn.transaction():
+            changes = await service.apply_findings(conn=conn, findings=findings, now=now)
+            await handle_changes(conn=conn, changes=changes, now=now, rng=rng, sign=sign, result=result)
+        result.changes.extend(changes)
+    return result

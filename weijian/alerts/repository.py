@@ -1,0 +1,193 @@
+"""All SQL of the alerts domain: alerts, their history and episodes, silences, detector input."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from weijian.alerts.models import Alert
+from weijian.db.connection import AsyncConn
+from weijian.telemetry import Event, Reading
+
+_ALERT_COLUMNS = (
+    "id, fingerprint, rule, severity, status, site_id, device_id, started_at, last_seen_at,"
+    " detected_at, resolved_at, acknowledged_at, acknowledged_by, value, limit_value, unit, source,"
+    " summary, evidence_from, evidence_to, evidence_metric, occurrences, clear_streak, details"
+)
+
+
+async def get_active(*, conn: AsyncConn, fingerprint: str) -> dict[str, Any] | None:
+    cur = await conn.execute(
+        f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE fingerprint = %s AND status <> 'resolved'"
+        " FOR UPDATE",
+        (fingerprint,),
+    )
+    return await cur.fetchone()
+
+
+async def get_alert(*, conn: AsyncConn, alert_id: int) -> Alert | None:
+    cur = await conn.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE id = %s", (alert_id,))
+    row = await cur.fetchone()
+    return None if row is None else Alert.model_validate(row)
+
+
+async def lock_alert(*, conn: AsyncConn, alert_id: int) -> dict[str, Any] | None:
+    cur = await conn.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE id = %s FOR UPDATE", (alert_id,))
+    return await cur.fetchone()
+
+
+async def list_alerts(*, conn: AsyncConn, status: str | None = None, site_id: str | None = None,
+                      rule: str | None = None, site_ids: Sequence[str] | None = None,
+                      since: datetime | None = None, limit: int = 200) -> list[Alert]:
+    cur = await conn.execute(
+        f"SELECT {_ALERT_COLUMNS} FROM alerts"
+        " WHERE (%(status)s::text IS NULL OR status = %(status)s)"
+        "   AND (%(site)s::text IS NULL OR site_id = %(site)s)"
+        "   AND (%(rule)s::text IS NULL OR rule = %(rule)s)"
+        "   AND (%(ids)s::text[] IS NULL OR site_id = ANY(%(ids)s))"
+        "   AND (%(since)s::timestamptz IS NULL OR detected_at >= %(since)s)"
+        " ORDER BY detected_at DESC, id DESC LIMIT %(limit)s",
+        {"status": status, "site": site_id, "rule": rule, "limit": limit, "since": since,
+         "ids": None if site_ids is None else list(site_ids)},
+    )
+    return [Alert.model_validate(r) for r in await cur.fetchall()]
+
+
+async def episode_seen(*, conn: AsyncConn, fingerprint: str, episode: str) -> bool:
+    cur = await conn.execute(
+        "SELECT 1 FROM alert_episodes WHERE fingerprint = %s AND episode = %s", (fingerprint, episode)
+    )
+    return await cur.fetchone() is not None
+
+
+async def record_episode(*, conn: AsyncConn, fingerprint: str, episode: str, alert_id: int) -> None:
+    await conn.execute(
+        "INSERT INTO alert_episodes (fingerprint, episode, alert_id) VALUES (%s, %s, %s)"
+        " ON CONFLICT DO NOTHING",
+        (fingerprint, episode, alert_id),
+    )
+
+
+async def insert_alert(*, conn: AsyncConn, values: dict[str, Any]) -> int:
+    values = {**values, "details": Jsonb(values.get("details") or {})}
+    columns = ", ".join(values)
+    placeholders = ", ".join(f"%({k})s" for k in values)
+    cur = await conn.execute(
+        f"INSERT INTO alerts ({columns}) VALUES ({placeholders}) RETURNING id", values
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row["id"])
+
+
+async def update_alert(*, conn: AsyncConn, alert_id: int, values: dict[str, Any]) -> None:
+    if "details" in values:
+        values = {**values, "details": Jsonb(values["details"])}
+    assignments = ", ".join(f"{k} = %({k})s" for k in values)
+    await conn.execute(f"UPDATE alerts SET {assignments} WHERE id = %(_id)s", {**values, "_id": alert_id})
+
+
+async def add_history(*, conn: AsyncConn, alert_id: int, action: str, actor: str,
+                      from_status: str | None, to_status: str | None, severity: str | None,
+                      at: datetime, note: str | None = None,
+                      details: dict[str, Any] | None = None) -> None:
+    await conn.execute(
+        "INSERT INTO alert_history (alert_id, at, action, from_status, to_status, severity, actor,"
+        " note, details) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (alert_id, at, action, from_status, to_status, severity, actor, note, Jsonb(details or {})),
+    )
+
+
+async def history(*, conn: AsyncConn, alert_id: int) -> list[dict[str, Any]]:
+    cur = await conn.execute(
+        "SELECT at, action, from_status, to_status, severity, actor, note, details"
+        " FROM alert_history WHERE alert_id = %s ORDER BY id",
+        (alert_id,),
+    )
+    return list(await cur.fetchall())
+
+
+async def active_silences(*, conn: AsyncConn, at: datetime) -> list[dict[str, Any]]:
+    cur = await conn.execute(
+        "SELECT id, site_id, device_id, rule, starts_at, ends_at, reason, created_by FROM silences"
+        " WHERE starts_at <= %s AND ends_at > %s",
+        (at, at),
+    )
+    return list(await cur.fetchall())
+
+
+async def insert_silence(*, conn: AsyncConn, site_id: str | None, device_id: str | None,
+                         rule: str | None, starts_at: datetime, ends_at: datetime, reason: str,
+                         created_by: str) -> int:
+    cur = await conn.execute(
+        "INSERT INTO silences (site_id, device_id, rule, starts_at, ends_at, reason, created_by)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+        (site_id, device_id, rule, starts_at, ends_at, reason, created_by),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row["id"])
+
+
+async def offline_devices(*, conn: AsyncConn) -> set[str]:
+    """Devices with an active `device.offline` alert (their data rules are inhibited)."""
+    cur = await conn.execute(
+        "SELECT device_id FROM alerts WHERE rule = 'device.offline' AND status <> 'resolved'"
+        " AND device_id IS NOT NULL"
+    )
+    return {str(r["device_id"]) for r in await cur.fetchall()}
+
+
+# -- detector input ------------------------------------------------------------------------
+
+
+async def site_devices(*, conn: AsyncConn, site_ids: Sequence[str]) -> list[dict[str, Any]]:
+    cur = await conn.execute(
+        "SELECT d.id, d.site_id, d.kind, d.interval_s, d.profile, d.online, d.last_seen_at,"
+        " s.kind AS site_kind, s.profile AS site_profile"
+        " FROM devices d JOIN sites s ON s.id = d.site_id WHERE d.site_id = ANY(%s)"
+        " ORDER BY d.site_id, d.id",
+        (list(site_ids),),
+    )
+    return list(await cur.fetchall())
+
+
+async def sites_of_devices(*, conn: AsyncConn, device_ids: Sequence[str]) -> list[str]:
+    cur = await conn.execute(
+        "SELECT DISTINCT site_id FROM devices WHERE id = ANY(%s)", (list(device_ids),)
+    )
+    return [str(r["site_id"]) for r in await cur.fetchall()]
+
+
+async def all_site_ids(*, conn: AsyncConn) -> list[str]:
+    cur = await conn.execute("SELECT id FROM sites ORDER BY id")
+    return [str(r["id"]) for r in await cur.fetchall()]
+
+
+async def readings_between(*, conn: AsyncConn, device_ids: Sequence[str], start: datetime,
+                           end: datetime) -> list[Reading]:
+    cur = await conn.execute(
+        "SELECT ts, device_id, metric, value, seq, received_at FROM readings"
+        " WHERE device_id = ANY(%s) AND ts >= %s AND ts <= %s ORDER BY ts",
+        (list(device_ids), start, end),
+    )
+    return [
+        Reading(r["ts"], r["device_id"], r["metric"], r["value"], r["seq"], r["received_at"])
+        for r in await cur.fetchall()
+    ]
+
+
+async def events_between(*, conn: AsyncConn, device_ids: Sequence[str], start: datetime,
+                         end: datetime) -> list[Event]:
+    cur = await conn.execute(
+        "SELECT ts, device_id, type, data, seq, received_at FROM events"
+        " WHERE device_id = ANY(%s) AND ts >= %s AND ts <= %s ORDER BY ts",
+        (list(device_ids), start, end),
+    )
+    return [
+        Event(r["ts"], r["device_id"], r["type"], r["data"], r["seq"], r["received_at"])
+        for r in await cur.fetchall()
+    ]

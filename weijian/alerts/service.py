@@ -1,0 +1,240 @@
+"""Alert lifecycle: findings become alerts (one active per fingerprint), with history.
+
+firing → acknowledged → resolved. Severity may rise. A closed episode (batch, bag, day) is
+raised at most once. Clear evidence after the last violation resolves the alert, after a
+streak of clear evaluations for condition rules (hysteresis) and at once for episode rules.
+Silences drop findings in their scope; an offline device's data rules are inhibited.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from weijian.alerts import repository
+from weijian.alerts.models import Alert, AlertStatus, Finding, Severity
+from weijian.alerts.rules import rule as rule_spec
+from weijian.db.connection import AsyncConn
+
+log = logging.getLogger(__name__)
+
+SYSTEM = "system"
+# Clear evaluations in a row before a condition alert (one without episodes) resolves.
+CONDITION_CLEAR_STREAK = 2
+
+
+class AlertError(ValueError):
+    """An alert action that cannot be carried out (unknown alert, wrong state)."""
+
+
+@dataclass(frozen=True)
+class AlertChange:
+    """What happened to an alert, for the stages downstream (inspections, notify, the wall)."""
+
+    kind: Literal["fired", "escalated", "resolved"]
+    alert_id: int
+    rule: str
+    severity: Severity
+    site_id: str
+    device_id: str | None
+    summary: str
+
+
+def fingerprint(rule_id: str, site_id: str, device_id: str | None) -> str:
+    return f"{rule_id}|{site_id}|{device_id or '-'}"
+
+
+def _evidence_time(finding: Finding, now: datetime) -> datetime:
+    return finding.ended_at or finding.evidence_to or finding.started_at or now
+
+
+def _silenced(finding: Finding, silences: Sequence[dict[str, Any]]) -> bool:
+    for s in silences:
+        if s["site_id"] is not None and s["site_id"] != finding.site_id:
+            continue
+        if s["device_id"] is not None and s["device_id"] != finding.device_id:
+            continue
+        if s["rule"] is not None and s["rule"] != finding.rule:
+            continue
+        return True
+    return False
+
+
+def _inhibited(finding: Finding, offline: set[str]) -> bool:
+    # An offline device's own data rules would only restate that it is offline.
+    return finding.device_id in offline and finding.rule.startswith("data.")
+
+
+async def apply_findings(*, conn: AsyncConn, findings: Sequence[Finding], now: datetime) -> list[AlertChange]:
+    """Reconcile findings with stored alerts, in the caller's transaction."""
+    silences = await repository.active_silences(conn=conn, at=now)
+    offline = await repository.offline_devices(conn=conn)
+    changes: list[AlertChange] = []
+    ordered = sorted(findings, key=lambda f: (_evidence_time(f, now), f.state == "firing"))
+    cleared_now: set[str] = set()
+    for finding in ordered:
+        if finding.state == "firing":
+            if _silenced(finding, silences) or _inhibited(finding, offline):
+                continue
+            change = await _fire(conn, finding, now)
+        else:
+            key = fingerprint(finding.rule, finding.site_id, finding.device_id)
+            if key in cleared_now:
+                continue  # one clear step per fingerprint per evaluation
+            cleared_now.add(key)
+            change = await _clear(conn, finding, now)
+        if change is not None:
+            changes.append(change)
+    return changes
+
+
+async def _fire(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChange | None:
+    key = fingerprint(finding.rule, finding.site_id, finding.device_id)
+    seen_at = _evidence_time(finding, now)
+    active = await repository.get_active(conn=conn, fingerprint=key)
+    repeat = bool(finding.episode) and await repository.episode_seen(
+        conn=conn, fingerprint=key, episode=str(finding.episode))
+    if repeat and (active is None or Severity(active["severity"]).rank >= finding.severity.rank):
+        return None  # this episode was raised already (and has not grown more severe)
+    evidence = {
+        "value": finding.value,
+        "limit_value": finding.limit,
+        "unit": finding.unit,
+        "summary": finding.summary,
+        "evidence_from": finding.evidence_from,
+        "evidence_to": finding.evidence_to,
+        "evidence_metric": finding.evidence_metric,
+        "details": dict(finding.details),
+    }
+    if active is None:
+        alert_id = await repository.insert_alert(
+            conn=conn,
+            values={
+                "fingerprint": key,
+                "rule": finding.rule,
+                "severity": finding.severity.value,
+                "status": AlertStatus.FIRING.value,
+                "site_id": finding.site_id,
+                "device_id": finding.device_id,
+                "started_at": finding.started_at or seen_at,
+                "last_seen_at": seen_at,
+                "detected_at": now,
+                "source": rule_spec(finding.rule).source,
+                **evidence,
+            },
+        )
+        if finding.episode:
+            await repository.record_episode(conn=conn, fingerprint=key, episode=finding.episode, alert_id=alert_id)
+        await repository.add_history(
+            conn=conn, alert_id=alert_id, action="fired", actor=SYSTEM, from_status=None,
+            to_status=AlertStatus.FIRING.value, severity=finding.severity.value, at=now,
+            note=finding.summary, details={"episode": finding.episode, "value": finding.value},
+        )
+        return AlertChange("fired", alert_id, finding.rule, finding.severity, finding.site_id,
+                           finding.device_id, finding.summary)
+
+    alert_id = int(active["id"])
+    current = Severity(active["severity"])
+    if finding.episode is None and current.rank >= finding.severity.rank:
+        # The same ongoing condition: refresh its evidence, no new occurrence.
+        await repository.update_alert(conn=conn, alert_id=alert_id,
+                                      values={"last_seen_at": max(seen_at, active["last_seen_at"]),
+                                              "clear_streak": 0, **evidence})
+        return None
+    values: dict[str, Any] = {"last_seen_at": max(seen_at, active["last_seen_at"]), "clear_streak": 0, **evidence}
+    if finding.episode and not repeat:
+        values["occurrences"] = int(active["occurrences"]) + 1
+        await repository.record_episode(conn=conn, fingerprint=key, episode=finding.episode, alert_id=alert_id)
+    escalated = finding.severity.rank > current.rank
+    if escalated:
+        values["severity"] = finding.severity.value
+    await repository.update_alert(conn=conn, alert_id=alert_id, values=values)
+    await repository.add_history(
+        conn=conn, alert_id=alert_id, action="escalated" if escalated else "repeated", actor=SYSTEM,
+        from_status=active["status"], to_status=active["status"],
+        severity=(finding.severity if escalated else current).value, at=now, note=finding.summary,
+        details={"episode": finding.episode, "value": finding.value},
+    )
+    if escalated:
+        return AlertChange("escalated", alert_id, finding.rule, finding.severity, finding.site_id,
+                           finding.device_id, finding.summary)
+    return None
+
+
+async def _clear(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChange | None:
+    key = fingerprint(finding.rule, finding.site_id, finding.device_id)
+    active = await repository.get_active(conn=conn, fingerprint=key)
+    if active is None:
+        return None
+    if _evidence_time(finding, now) <= active["last_seen_at"]:
+        return None  # clear evidence older than the violation says nothing
+    streak = int(active["clear_streak"]) + 1
+    needed = 1 if finding.episode else CONDITION_CLEAR_STREAK
+    alert_id = int(active["id"])
+    if streak < needed:
+        await repository.update_alert(conn=conn, alert_id=alert_id, values={"clear_streak": streak})
+        return None
+    await repository.update_alert(
+        conn=conn, alert_id=alert_id,
+        values={"status": AlertStatus.RESOLVED.value, "resolved_at": now, "resolved_by": SYSTEM,
+                "clear_streak": streak},
+    )
+    await repository.add_history(
+        conn=conn, alert_id=alert_id, action="resolved", actor=SYSTEM, from_status=active["status"],
+        to_status=AlertStatus.RESOLVED.value, severity=active["severity"], at=now,
+        note=finding.summary or "condition cleared",
+    )
+    return AlertChange("resolved", alert_id, active["rule"], Severity(active["severity"]),
+                       active["site_id"], active["device_id"], finding.summary)
+
+
+async def acknowledge(*, conn: AsyncConn, alert_id: int, actor: str, now: datetime, note: str | None = None) -> Alert:
+    """firing → acknowledged, by a person."""
+    row = await repository.lock_alert(conn=conn, alert_id=alert_id)
+    if row is None:
+        raise AlertError(f"no alert {alert_id}")
+    if row["status"] != AlertStatus.FIRING.value:
+        raise AlertError(f"alert {alert_id} is {row['status']}; only a firing alert can be acknowledged")
+    await repository.update_alert(conn=conn, alert_id=alert_id, values={
+        "status": AlertStatus.ACKNOWLEDGED.value, "acknowledged_at": now, "acknowledged_by": actor})
+    await repository.add_history(conn=conn, alert_id=alert_id, action="acknowledged", actor=actor,
+                                 from_status=row["status"], to_status=AlertStatus.ACKNOWLEDGED.value,
+                                 severity=row["severity"], at=now, note=note)
+    alert = await repository.get_alert(conn=conn, alert_id=alert_id)
+    assert alert is not None
+    return alert
+
+
+async def resolve(*, conn: AsyncConn, alert_id: int, actor: str, now: datetime, note: str | None = None) -> Alert:
+    """Resolve an alert by hand (e.g. after an on-site check)."""
+    row = await repository.lock_alert(conn=conn, alert_id=alert_id)
+    if row is None:
+        raise AlertError(f"no alert {alert_id}")
+    if row["status"] == AlertStatus.RESOLVED.value:
+        raise AlertError(f"alert {alert_id} is already resolved")
+    await repository.update_alert(conn=conn, alert_id=alert_id, values={
+        "status": AlertStatus.RESOLVED.value, "resolved_at": now, "resolved_by": actor})
+    await repository.add_history(conn=conn, alert_id=alert_id, action="resolved", actor=actor,
+                                 from_status=row["status"], to_status=AlertStatus.RESOLVED.value,
+                                 severity=row["severity"], at=now, note=note)
+    alert = await repository.get_alert(conn=conn, alert_id=alert_id)
+    assert alert is not None
+    return alert
+
+
+async def list_alerts(*, conn: AsyncConn, status: str | None = None, site_id: str | None = None,
+                      rule: str | None = None, site_ids: Sequence[str] | None = None,
+                      limit: int = 200) -> list[Alert]:
+    return await repository.list_alerts(conn=conn, status=status, site_id=site_id, rule=rule,
+                                        site_ids=site_ids, limit=limit)
+
+
+async def get_alert(*, conn: AsyncConn, alert_id: int) -> Alert | None:
+    return await repository.get_alert(conn=conn, alert_id=alert_id)
+
+
+async def alert_history(*, conn: AsyncConn, alert_id: int) -> list[dict[str, Any]]:
+    return await repository.history(conn=conn, alert_id=alert_id)
