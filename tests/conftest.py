@@ -98,6 +98,7 @@ def settings(database_url: str, topic_root: str) -> Settings:
         mqtt_share_group=f"g{uuid.uuid4().hex[:8]}",
         inspection_seed=7,
         ingest_batch_wait_ms=20,
+        mqtt_session_expiry_s=120,
         _env_file=None,
     )
 

@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     mqtt_share_group: str = "ingest"
     # MQTT client id prefix of the platform's persistent sessions.
     mqtt_client_id: str = "weijian-ingest"
+    # How long the broker keeps an ingest session (and queues for it) while it is away.
+    mqtt_session_expiry_s: int = Field(default=14 * 24 * 3600, ge=0)
 
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=8000, ge=1, le=65535)

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import orjson
+
 from weijian.alerts import repository, service
 from weijian.alerts.models import Detector, DeviceData, Finding, SiteData
 from weijian.alerts.profiles import build_profile
@@ -102,11 +104,28 @@ async def handle_changes(*, conn: AsyncConn, changes: Sequence[service.AlertChan
             continue
         if outcome.opened:
             result.tasks_opened.append(outcome.task_id)
+        await conn.execute("SELECT pg_notify(%s, %s)", (TASKS_CHANNEL, orjson.dumps({
+            "kind": "opened" if outcome.opened else "alert_joined", "task_id": outcome.task_id,
+            "site_id": change.site_id}).decode()))
         people = [u for name in outcome.inspectors if (u := await users.get_user(conn=conn, username=name))]
         result.notifications += await notify.notify_inspectors(
             conn=conn, task_id=outcome.task_id, alert_id=change.alert_id, opened=outcome.opened,
             inspectors=people, site=site, summary=change.summary, due_at=outcome.due_at,
             sign=sign, now=now)
+
+
+ALERTS_CHANNEL = "weijian_alerts"
+TASKS_CHANNEL = "weijian_tasks"
+
+
+async def announce(*, conn: AsyncConn, changes: Sequence[service.AlertChange]) -> None:
+    """Tell live listeners (the wall) about alert changes when the transaction commits."""
+    for change in changes:
+        payload = orjson.dumps({
+            "kind": change.kind, "alert_id": change.alert_id, "site_id": change.site_id,
+            "device_id": change.device_id, "rule": change.rule, "severity": change.severity.value,
+        }).decode()
+        await conn.execute("SELECT pg_notify(%s, %s)", (ALERTS_CHANNEL, payload))
 
 
 async def evaluate_sites(*, conn: AsyncConn, site_ids: Sequence[str], detectors: Sequence[Detector],
@@ -119,5 +138,6 @@ async def evaluate_sites(*, conn: AsyncConn, site_ids: Sequence[str], detectors:
         async with conn.transaction():
             changes = await service.apply_findings(conn=conn, findings=findings, now=now)
             await handle_changes(conn=conn, changes=changes, now=now, rng=rng, sign=sign, result=result)
+            await announce(conn=conn, changes=changes)
         result.changes.extend(changes)
     return result

@@ -32,7 +32,6 @@ from weijian.telemetry import Event, Reading
 
 log = logging.getLogger(__name__)
 
-_SESSION_EXPIRY_S = 14 * 24 * 3600
 _RECEIVE_MAXIMUM = 20000
 _REGISTRY_REFRESH_S = 5.0
 
@@ -90,7 +89,7 @@ class TelemetryIngestor:
     def start(self) -> None:
         """Connect to the broker and start the network and writer threads."""
         props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = _SESSION_EXPIRY_S
+        props.SessionExpiryInterval = self._settings.mqtt_session_expiry_s
         props.ReceiveMaximum = _RECEIVE_MAXIMUM
         target = self._settings.mqtt
         self._writer.start()

@@ -91,6 +91,11 @@ def iso(ts: datetime) -> str:
     return ts.isoformat()
 
 
+def local_time(ts: datetime) -> str:
+    """Wall-clock time at the site, for summaries."""
+    return ts.astimezone(LOCAL_TZ).strftime("%m-%d %H:%M")
+
+
 def local_day(ts: datetime) -> date:
     return ts.astimezone(LOCAL_TZ).date()
 

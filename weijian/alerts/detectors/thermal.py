@@ -6,12 +6,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from weijian.alerts.models import DeviceData, Finding, RuleSpec, Severity, SiteData
+from weijian.alerts.detectors.common import DeviceDetector, mmss, seconds, series
+from weijian.alerts.models import DeviceData, Finding, Profile, RuleSpec, Severity, SiteData
 from weijian.alerts.rules import rule
 from weijian.devices.kinds import DeviceKind
 from weijian.telemetry import Reading
 
 _PREFIX = {DeviceKind.STEAM_CABINET: "steam", DeviceKind.INFRARED_CABINET: "infrared"}
+CABINETS = frozenset(_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,47 @@ def longest_hold(samples: Sequence[Reading], limit: float, max_gap: timedelta) -
     return best
 
 
-class ThermalBatchDetector:
+@dataclass(frozen=True)
+class BatchJudgement:
+    """A closed batch measured against the cabinet's limits."""
+
+    batch: Batch
+    peak: float
+    hold: timedelta
+    limit: float
+    min_hold: timedelta
+
+    @property
+    def verdict(self) -> str | None:
+        """The rule the batch breaks (temperature first), or None when compliant."""
+        if self.peak < self.limit:
+            return "disinfection.temperature_low"
+        if self.hold < self.min_hold:
+            return "disinfection.hold_time_short"
+        return None
+
+
+def judge_batches(device: DeviceData, profile: Profile, now: datetime) -> list[BatchJudgement]:
+    """Every closed batch of a cabinet that has temperature data, judged."""
+    prefix = _PREFIX[device.kind]
+    limit = profile.number(f"{prefix}.min_temp_c", device.device_id)
+    min_hold = seconds(profile.number(f"{prefix}.min_hold_s", device.device_id))
+    max_gap = seconds(profile.number("hold.max_sample_gap_s", device.device_id))
+    temps = series(device, "temp_c")
+    judged: list[BatchJudgement] = []
+    for batch in batches(device):
+        if batch.end > now:
+            continue
+        inside = [r for r in temps if batch.start <= r.ts <= batch.end]
+        if not inside:
+            continue  # no data for the batch: the data-integrity rules speak to that
+        peak = max(r.value for r in inside)
+        hold = longest_hold(inside, limit, max_gap)
+        judged.append(BatchJudgement(batch, peak, hold, limit, min_hold))
+    return judged
+
+
+class ThermalBatchDetector(DeviceDetector):
     """Checks every closed batch of steam/infrared cabinets: peak temperature and hold time.
 
     A batch that never reaches the limit is `disinfection.temperature_low`; one that reaches it
@@ -77,86 +119,63 @@ class ThermalBatchDetector:
     evidence that clears both rules for the cabinet.
     """
 
-    device_kinds = frozenset({DeviceKind.STEAM_CABINET, DeviceKind.INFRARED_CABINET})
+    device_kinds = CABINETS
     lookback = timedelta(hours=3)
 
     def __init__(self, rule_id: str) -> None:
         self.rule: RuleSpec = rule(rule_id)
 
-    def __call__(self, site: SiteData, now: datetime) -> list[Finding]:
+    def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
         findings: list[Finding] = []
-        for device in site.of_kind(*self.device_kinds):
-            findings.extend(self._device(site, device, now))
+        for judged in judge_batches(device, site.profile, now):
+            verdict = judged.verdict
+            if verdict is None:
+                findings.append(self._finding(site, device, judged, clear=True))
+            elif verdict == self.rule.id:
+                findings.append(self._finding(site, device, judged, clear=False))
         return findings
 
-    def _device(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
-        prefix = _PREFIX[device.kind]
-        limit = site.profile.number(f"{prefix}.min_temp_c", device.device_id)
-        min_hold = timedelta(seconds=site.profile.number(f"{prefix}.min_hold_s", device.device_id))
-        max_gap = timedelta(seconds=site.profile.number("hold.max_sample_gap_s", device.device_id))
-        temps = sorted(device.series("temp_c"), key=lambda r: r.ts)
-        findings: list[Finding] = []
-        for batch in batches(device):
-            if batch.end > now:
-                continue
-            inside = [r for r in temps if batch.start <= r.ts <= batch.end]
-            if not inside:
-                continue  # no data for the batch: the data-integrity rules speak to that
-            peak = max(r.value for r in inside)
-            hold = longest_hold(inside, limit, max_gap)
-            verdict = self._verdict(peak, limit, hold, min_hold)
-            common = {
-                "rule": self.rule.id,
-                "site_id": site.site_id,
-                "device_id": device.device_id,
-                "started_at": batch.start,
-                "ended_at": batch.end,
-                "evidence_from": batch.start,
-                "evidence_to": batch.end,
-                "evidence_metric": "temp_c",
-                "episode": batch.batch_id,
-                "details": {
-                    "batch_id": batch.batch_id,
-                    "peak_temp_c": round(peak, 2),
-                    "hold_s": hold.total_seconds(),
-                    "min_temp_c": limit,
-                    "min_hold_s": min_hold.total_seconds(),
-                },
-            }
-            if verdict != self.rule.id:
-                findings.append(Finding(state="clear", **common))  # type: ignore[arg-type]
-                continue
-            if self.rule.id == "disinfection.temperature_low":
-                value, bound, unit = peak, limit, "°C"
-                summary = f"批次 {batch.batch_id} 最高温度 {peak:.1f} °C，低于 {limit:g} °C"
-            else:
-                value, bound, unit = hold.total_seconds(), min_hold.total_seconds(), "s"
-                summary = (
-                    f"批次 {batch.batch_id} 在 ≥{limit:g} °C 仅保持 {_mmss(hold)}，"
-                    f"要求 ≥ {_mmss(min_hold)}"
-                )
-            findings.append(
-                Finding(
-                    state="firing",
-                    severity=Severity.MAJOR,
-                    value=value,
-                    limit=bound,
-                    unit=unit,
-                    summary=summary,
-                    **common,  # type: ignore[arg-type]
-                )
+    def _finding(
+        self, site: SiteData, device: DeviceData, judged: BatchJudgement, *, clear: bool
+    ) -> Finding:
+        batch, limit = judged.batch, judged.limit
+        if self.rule.id == "disinfection.temperature_low":
+            value, bound, unit = judged.peak, limit, "°C"
+            summary = f"批次 {batch.batch_id} 最高温度 {judged.peak:.1f} °C，低于 {limit:g} °C"
+        else:
+            value, bound, unit = judged.hold.total_seconds(), judged.min_hold.total_seconds(), "s"
+            summary = (
+                f"批次 {batch.batch_id} 在 ≥{limit:g} °C 仅保持 {mmss(judged.hold)}，"
+                f"要求 ≥ {mmss(judged.min_hold)}"
             )
-        return findings
+        if clear:
+            summary = f"批次 {batch.batch_id} 消毒合格"
+        return Finding(
+            rule=self.rule.id,
+            site_id=site.site_id,
+            device_id=device.device_id,
+            state="clear" if clear else "firing",
+            severity=Severity.MAJOR,
+            started_at=batch.start,
+            ended_at=batch.end,
+            value=value,
+            limit=bound,
+            unit=unit,
+            summary=summary,
+            evidence_from=batch.start,
+            evidence_to=batch.end,
+            evidence_metric="temp_c",
+            episode=batch.batch_id,
+            details={
+                "batch_id": batch.batch_id,
+                "peak_temp_c": round(judged.peak, 2),
+                "hold_s": judged.hold.total_seconds(),
+                "min_temp_c": limit,
+                "min_hold_s": judged.min_hold.total_seconds(),
+            },
+        )
 
-    @staticmethod
-    def _verdict(peak: float, limit: float, hold: timedelta, min_hold: timedelta) -> str | None:
-        if peak < limit:
-            return "disinfection.temperature_low"
-        if hold < min_hold:
-            return "disinfection.hold_time_short"
-        return None
 
-
-def _mmss(span: timedelta) -> str:
-    seconds = int(span.total_seconds())
-    return f"{seconds // 60}:{seconds % 60:02d}"
+def compliant_times(device: DeviceData, profile: Profile, now: datetime) -> list[datetime]:
+    """Ends of the cabinet's compliant batches (evidence of effective disinfection)."""
+    return [j.batch.end for j in judge_batches(device, profile, now) if j.verdict is None]

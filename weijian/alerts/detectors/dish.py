@@ -1,0 +1,173 @@
+"""Dish machines (tunnel washers): exposure time in the disinfection zone and rinse temperature.
+
+Exposure is derived, not measured: exposure = disinfection-zone length ÷ conveyor speed. Both
+limits apply only while the machine runs; a stopped machine is neither compliant nor not.
+A rinse below temperature is `disinfection.temperature_low` (the same rule as a cold cabinet
+batch, on the dish machine's own alert), not a second flavour of exposure_short.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from weijian.alerts.detectors.common import (
+    DeviceDetector,
+    LevelRule,
+    Point,
+    Spell,
+    level_findings,
+    mmss,
+    seconds,
+)
+from weijian.alerts.models import DeviceData, Finding, Profile, SiteData
+from weijian.alerts.models import Severity as Sev
+from weijian.alerts.rules import rule
+from weijian.devices.kinds import DeviceKind
+
+_METRICS = ("running", "conveyor_speed_m_min", "rinse_temp_c")
+
+
+@dataclass(frozen=True)
+class DishState:
+    """What the machine was doing at one sample time (latest value of each metric)."""
+
+    ts: datetime
+    running: bool
+    speed_m_min: float | None
+    rinse_temp_c: float | None
+
+    def exposure_s(self, zone_length_m: float) -> float | None:
+        if self.speed_m_min is None:
+            return None
+        if self.speed_m_min <= 0:
+            return math.inf  # a stopped belt keeps the dishes in the zone
+        return 60.0 * zone_length_m / self.speed_m_min
+
+
+def timeline(device: DeviceData, max_gap: timedelta) -> list[DishState]:
+    """The machine's state at every sample time, holding each metric's last value for at most
+    `max_gap`. Without a `running` flag, a moving belt counts as running."""
+    rows = sorted(
+        (r for r in device.readings if r.metric in _METRICS), key=lambda r: (r.ts, r.seq or 0)
+    )
+    latest: dict[str, tuple[datetime, float]] = {}
+    states: list[DishState] = []
+    for i, reading in enumerate(rows):
+        latest[reading.metric] = (reading.ts, reading.value)
+        if i + 1 < len(rows) and rows[i + 1].ts == reading.ts:
+            continue  # the rest of the same message first
+        fresh = {m: v for m, (ts, v) in latest.items() if reading.ts - ts <= max_gap}
+        speed, running = fresh.get("conveyor_speed_m_min"), fresh.get("running")
+        is_running = running >= 0.5 if running is not None else (speed or 0.0) > 0
+        states.append(DishState(reading.ts, is_running, speed, fresh.get("rinse_temp_c")))
+    return states
+
+
+@dataclass(frozen=True)
+class DishLimits:
+    min_exposure_s: float
+    min_rinse_temp_c: float
+    zone_length_m: float
+    max_gap: timedelta
+
+    @classmethod
+    def of(cls, profile: Profile, device_id: str) -> DishLimits:
+        return cls(
+            profile.number("dish.min_exposure_s", device_id),
+            profile.number("dish.min_rinse_temp_c", device_id),
+            profile.number("dish.zone_length_m", device_id),
+            seconds(profile.number("hold.max_sample_gap_s", device_id)),
+        )
+
+    def exposure_point(self, state: DishState) -> Point:
+        exposure = state.exposure_s(self.zone_length_m)
+        if not state.running or exposure is None:
+            return Point(state.ts, math.nan, None)
+        return Point(state.ts, exposure, exposure < self.min_exposure_s)
+
+    def rinse_point(self, state: DishState) -> Point:
+        if not state.running or state.rinse_temp_c is None:
+            return Point(state.ts, math.nan, None)
+        return Point(state.ts, state.rinse_temp_c, state.rinse_temp_c < self.min_rinse_temp_c)
+
+
+class DishExposureDetector(DeviceDetector):
+    """`disinfection.exposure_short`: while running, zone length ÷ belt speed < the minimum.
+
+    Any running sample below the limit fires (the dishes on the belt at that moment were
+    under-exposed); consecutive ones form one episode keyed by its first sample. The rule
+    clears after the machine has run compliantly for one full exposure time.
+    """
+
+    rule = rule("disinfection.exposure_short")
+    device_kinds = frozenset({DeviceKind.DISH_MACHINE})
+    lookback = timedelta(hours=3)
+
+    def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
+        limits = DishLimits.of(site.profile, device.device_id)
+        level = LevelRule(
+            spec=self.rule,
+            metric="conveyor_speed_m_min",
+            limit=limits.min_exposure_s,
+            unit="s",
+            severity=Sev.MAJOR,
+            max_gap=limits.max_gap,
+            clear_after=seconds(limits.min_exposure_s),
+            clear_summary="洗碗机接触时间已恢复达标",
+        )
+        points = [limits.exposure_point(s) for s in timeline(device, limits.max_gap) if s.ts <= now]
+
+        def describe(spell: Spell) -> tuple[float, str]:
+            shortest = min(spell.values)
+            speed = 60.0 * limits.zone_length_m / shortest
+            return shortest, (
+                f"洗碗机传送带速度 {speed:.2f} m/min 过快，消毒区接触时间 {shortest:.1f} s，"
+                f"低于 {limits.min_exposure_s:g} s（持续 {mmss(spell.duration)}）"
+            )
+
+        return level_findings(level, site, device, points, describe)
+
+
+class DishRinseDetector(DeviceDetector):
+    """`disinfection.temperature_low` for dish machines: running with the rinse below limit."""
+
+    rule = rule("disinfection.temperature_low")
+    device_kinds = frozenset({DeviceKind.DISH_MACHINE})
+    lookback = timedelta(hours=3)
+
+    def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
+        limits = DishLimits.of(site.profile, device.device_id)
+        level = LevelRule(
+            spec=self.rule,
+            metric="rinse_temp_c",
+            limit=limits.min_rinse_temp_c,
+            unit="°C",
+            severity=Sev.MAJOR,
+            max_gap=limits.max_gap,
+            clear_after=seconds(limits.min_exposure_s),
+            clear_summary="洗碗机消毒冲洗温度已恢复达标",
+        )
+        points = [limits.rinse_point(s) for s in timeline(device, limits.max_gap) if s.ts <= now]
+
+        def describe(spell: Spell) -> tuple[float, str]:
+            coldest = min(spell.values)
+            return coldest, (
+                f"洗碗机运行中消毒冲洗温度 {coldest:.1f} °C，低于 {limits.min_rinse_temp_c:g} °C"
+                f"（持续 {mmss(spell.duration)}）"
+            )
+
+        return level_findings(level, site, device, points, describe)
+
+
+def compliant_times(device: DeviceData, profile: Profile, now: datetime) -> list[datetime]:
+    """Sample times at which the machine ran with both exposure and rinse compliant."""
+    limits = DishLimits.of(profile, device.device_id)
+    return [
+        s.ts
+        for s in timeline(device, limits.max_gap)
+        if s.ts <= now
+        and limits.exposure_point(s).bad is False
+        and limits.rinse_point(s).bad is False
+    ]

@@ -1,0 +1,103 @@
+"""Presence: a device the platform has not heard from for too long is offline."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from weijian.alerts.detectors.common import DeviceDetector, iso, local_time, mmss
+from weijian.alerts.models import DeviceData, Finding, SiteData
+from weijian.alerts.models import Severity as Sev
+from weijian.alerts.rules import rule
+from weijian.devices.kinds import DeviceKind, kind_spec
+
+
+def offline_after(site: SiteData, device: DeviceData) -> timedelta:
+    """max(factor × reporting interval, floor); the interval is the kind's unless the profile
+    sets `offline.interval_s` (site-wide or for the device)."""
+    profile, dev = site.profile, device.device_id
+    interval = profile.get("offline.interval_s", dev)
+    if interval is None:
+        interval = kind_spec(device.kind).interval_s
+    factor = profile.number("offline.interval_factor", dev)
+    return timedelta(seconds=max(factor * float(interval), profile.number("offline.min_s", dev)))
+
+
+def receive_times(device: DeviceData) -> list[datetime]:
+    """When the platform received each message (device time if the receive time is missing)."""
+    items = [*device.readings, *device.events]
+    return sorted({x.received_at or x.ts for x in items})
+
+
+class OfflineDetector(DeviceDetector):
+    """`device.offline`: silent for at least max(3 × interval, 10 min), judged on receive time
+    (`DeviceData.last_seen`, else the latest receive time in the data) — never on device time,
+    so a backlog arriving late and out of order counts as presence, and a wrong device clock
+    cannot fake it. A Last-Will `online=false` does not shorten the wait (it flaps on brief
+    reconnects); a stale retained `online=true` does not lengthen it.
+
+    Episode = the last-seen time (fixed while silent); severity rises from warning to major
+    after `offline.major_after_h`. Back online clears, naming the outage it ended when the
+    data show it (the episode of that outage's firing).
+    """
+
+    rule = rule("device.offline")
+    device_kinds = frozenset(DeviceKind)
+    lookback = timedelta(days=1)
+
+    def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
+        heard = [t for t in receive_times(device) if t <= now]
+        last_seen = device.last_seen or (heard[-1] if heard else None)
+        if last_seen is None:
+            return []  # never heard from: nothing to measure silence from
+        limit = offline_after(site, device)
+        silent = now - last_seen
+        base = {
+            "rule": self.rule.id,
+            "site_id": site.site_id,
+            "device_id": device.device_id,
+            "limit": limit.total_seconds(),
+            "unit": "s",
+        }
+        if silent >= limit:
+            major = timedelta(hours=site.profile.number("offline.major_after_h", device.device_id))
+            return [
+                Finding(
+                    state="firing",
+                    severity=Sev.MAJOR if silent >= major else Sev.WARNING,
+                    started_at=last_seen,
+                    value=silent.total_seconds(),
+                    summary=(
+                        f"设备自 {local_time(last_seen)} 起已 {mmss(silent)} 未上报数据"
+                        f"（阈值 {mmss(limit)}）"
+                    ),
+                    evidence_from=last_seen,
+                    evidence_to=now,
+                    episode=iso(last_seen),
+                    details={"online_flag": device.online},
+                    **base,  # type: ignore[arg-type]
+                )
+            ]
+        outage = _last_outage([t for t in heard if t <= last_seen], limit)
+        return [
+            Finding(
+                state="clear",
+                severity=Sev.WARNING,
+                value=silent.total_seconds(),
+                summary="设备已恢复上报",
+                started_at=outage[0] if outage else None,
+                ended_at=outage[1] if outage else None,
+                evidence_from=outage[1] if outage else last_seen,
+                evidence_to=last_seen,
+                episode=iso(outage[0]) if outage else f"online@{iso(last_seen)}",
+                **base,  # type: ignore[arg-type]
+            )
+        ]
+
+
+def _last_outage(heard: list[datetime], limit: timedelta) -> tuple[datetime, datetime] | None:
+    """The latest silence of at least `limit` between two receive times: (last before, first
+    after)."""
+    for before, after in zip(reversed(heard[:-1]), reversed(heard[1:]), strict=True):
+        if after - before >= limit:
+            return before, after
+    return None

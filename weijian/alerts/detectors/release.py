@@ -1,0 +1,177 @@
+"""Release without effective disinfection: the packing counter rises while no disinfection stage
+of the site has met its limit recently (site-level; the finding sits on the line meter)."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from weijian.alerts.detectors import chemical, dish, thermal
+from weijian.alerts.detectors.common import floor_to, iso, local_time, series, settle
+from weijian.alerts.models import DeviceData, Finding, SiteData
+from weijian.alerts.models import Severity as Sev
+from weijian.alerts.rules import rule
+from weijian.devices.kinds import DeviceKind
+from weijian.telemetry import Reading
+
+# A drop to below this fraction of the highest value seen is a counter reset (reboot); a
+# smaller drop is a glitch (e.g. samples reordered by a clock jump) and adds nothing.
+_RESET_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class Increment:
+    """Pieces packed between the previous counter sample and this one."""
+
+    ts: datetime
+    pieces: float
+    covered: bool = False
+
+
+def increments(samples: list[Reading]) -> list[Increment]:
+    """Rises of a `packed_total` counter, robust to resets: after a reset the new value itself
+    is what was packed since (the counter restarted from zero)."""
+    found: list[Increment] = []
+    top: float | None = None
+    for sample in samples:
+        if top is None:
+            top = sample.value
+            continue
+        if sample.value < top * _RESET_FRACTION:
+            rise, top = sample.value, sample.value
+        else:
+            rise, top = max(0.0, sample.value - top), max(top, sample.value)
+        if rise > 0:
+            found.append(Increment(sample.ts, rise))
+    return found
+
+
+def effective_times(site: SiteData, now: datetime) -> list[datetime]:
+    """When any disinfection stage of the site met its limit, sorted."""
+    times: list[datetime] = []
+    for device in site.devices.values():
+        if device.kind in thermal.CABINETS:
+            times += thermal.compliant_times(device, site.profile, now)
+        elif device.kind == DeviceKind.DISH_MACHINE:
+            times += dish.compliant_times(device, site.profile, now)
+        elif device.kind == DeviceKind.CHLORINE_TANK:
+            times += chemical.compliant_times(device, site.profile, now)
+    return sorted(times)
+
+
+class ReleaseDetector:
+    """`disinfection.released_undisinfected` (critical).
+
+    An increment of the counter at time t is covered when some stage met its limit in
+    [t − lag, t]. Uncovered pieces are summed per fixed period (episode = period start, stable
+    across runs). Only increments at least `lag` after the start of the lookback window are
+    judged, so each has its full evidence window. The rule clears once the latest increment
+    is covered.
+    """
+
+    rule = rule("disinfection.released_undisinfected")
+    device_kinds = frozenset(
+        {DeviceKind.LINE_METER, DeviceKind.DISH_MACHINE, DeviceKind.CHLORINE_TANK}
+        | thermal.CABINETS
+    )
+    lookback = timedelta(hours=6)
+
+    def __call__(self, site: SiteData, now: datetime) -> list[Finding]:
+        meters = site.of_kind(DeviceKind.LINE_METER)
+        if not meters:
+            return []
+        evidence = effective_times(site, now)
+        findings: list[Finding] = []
+        for meter in meters:
+            findings += settle(self._meter(site, meter, evidence, now))
+        return findings
+
+    def _meter(
+        self, site: SiteData, meter: DeviceData, evidence: list[datetime], now: datetime
+    ) -> list[Finding]:
+        lag = timedelta(minutes=site.profile.number("release.max_lag_min", meter.device_id))
+        period = timedelta(minutes=site.profile.number("release.period_min", meter.device_id))
+        judged_from = now - self.lookback + lag
+        samples = [r for r in series(meter, "packed_total") if r.ts <= now]
+        judged = [
+            Increment(inc.ts, inc.pieces, _covered(evidence, inc.ts, lag))
+            for inc in increments(samples)
+            if inc.ts >= judged_from
+        ]
+        findings: list[Finding] = []
+        buckets: dict[datetime, list[Increment]] = {}
+        for inc in judged:
+            if not inc.covered:
+                buckets.setdefault(floor_to(inc.ts, period), []).append(inc)
+        for start, uncovered in buckets.items():
+            ended = next((i.ts for i in judged if i.covered and i.ts > uncovered[-1].ts), None)
+            findings.append(self._firing(site, meter, start, period, uncovered, ended, lag))
+        if judged and judged[-1].covered:
+            findings.append(self._clear(site, meter, judged, buckets, period))
+        return findings
+
+    def _clear(
+        self,
+        site: SiteData,
+        meter: DeviceData,
+        judged: list[Increment],
+        buckets: dict[datetime, list[Increment]],
+        period: timedelta,
+    ) -> Finding:
+        last_bad = max(buckets) if buckets else None
+        after = buckets[last_bad][-1].ts if last_bad is not None else None
+        since = [i for i in judged if after is None or i.ts > after]
+        return Finding(
+            rule=self.rule.id,
+            site_id=site.site_id,
+            device_id=meter.device_id,
+            state="clear",
+            severity=Sev.CRITICAL,
+            limit=0.0,
+            unit="件",
+            summary="包装前已有达标消毒记录",
+            evidence_from=since[0].ts,
+            evidence_to=judged[-1].ts,
+            evidence_metric="packed_total",
+            episode=iso(last_bad if last_bad is not None else floor_to(judged[-1].ts, period)),
+        )
+
+    def _firing(
+        self,
+        site: SiteData,
+        meter: DeviceData,
+        start: datetime,
+        period: timedelta,
+        uncovered: list[Increment],
+        ended: datetime | None,
+        lag: timedelta,
+    ) -> Finding:
+        pieces = sum(i.pieces for i in uncovered)
+        span = f"{local_time(start)}–{local_time(start + period)[-5:]}"
+        return Finding(
+            rule=self.rule.id,
+            site_id=site.site_id,
+            device_id=meter.device_id,
+            state="firing",
+            severity=Sev.CRITICAL,
+            started_at=uncovered[0].ts,
+            ended_at=ended,
+            value=pieces,
+            limit=0.0,
+            unit="件",
+            summary=(
+                f"{span} 包装 {pieces:.0f} 件，包装前 {lag.total_seconds() / 60:.0f} 分钟内"
+                "本单位无任何达标消毒记录（疑似未经有效消毒即包装出厂）"
+            ),
+            evidence_from=uncovered[0].ts - lag,
+            evidence_to=uncovered[-1].ts,
+            evidence_metric="packed_total",
+            episode=iso(start),
+            details={"increments": len(uncovered), "max_lag_s": lag.total_seconds()},
+        )
+
+
+def _covered(evidence: list[datetime], ts: datetime, lag: timedelta) -> bool:
+    i = bisect.bisect_left(evidence, ts - lag)
+    return i < len(evidence) and evidence[i] <= ts

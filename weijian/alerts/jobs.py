@@ -1,0 +1,104 @@
+"""Background detection: evaluate sites as their data is committed, and scan all sites on a schedule."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+
+import orjson
+from psycopg_pool import AsyncConnectionPool
+from prometheus_client import Counter, Histogram
+
+from weijian.alerts import repository
+from weijian.alerts.flows import EvaluationResult, evaluate_sites
+from weijian.alerts.models import Detector
+from weijian.clock import Clock
+from weijian.db.connection import AsyncConn, connect
+from weijian.ingest.repository import NOTIFY_CHANNEL
+
+log = logging.getLogger(__name__)
+
+EVALUATIONS = Counter("weijian_detector_evaluations_total", "Site evaluations", ["trigger"])
+EVALUATION_SECONDS = Histogram(
+    "weijian_detector_evaluation_seconds", "Time to evaluate a set of sites",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+ALERT_CHANGES = Counter("weijian_alert_changes_total", "Alert transitions", ["kind"])
+
+
+class DetectionLoop:
+    """Runs the detectors on the sites whose devices just got data, and on every site periodically."""
+
+    def __init__(self, *, database_url: str, pool: AsyncConnectionPool[AsyncConn],
+                 detectors: Sequence[Detector], clock: Clock, rng: random.Random, sign: str,
+                 scan_interval_s: float = 60.0, debounce_s: float = 0.1) -> None:
+        self._database_url = database_url
+        self._pool = pool
+        self._detectors = detectors
+        self._clock = clock
+        self._rng = rng
+        self._sign = sign
+        self._scan_interval = scan_interval_s
+        self._debounce = debounce_s
+        self._pending: set[str] = set()
+        self._wakeup = asyncio.Event()
+
+    async def evaluate(self, site_ids: Sequence[str], trigger: str) -> EvaluationResult:
+        started = time.monotonic()
+        async with self._pool.connection() as conn:
+            result = await evaluate_sites(conn=conn, site_ids=site_ids, detectors=self._detectors,
+                                          now=self._clock.now(), rng=self._rng, sign=self._sign)
+        EVALUATIONS.labels(trigger).inc(len(site_ids))
+        EVALUATION_SECONDS.observe(time.monotonic() - started)
+        for change in result.changes:
+            ALERT_CHANGES.labels(change.kind).inc()
+            log.info("alert %s: #%d %s at %s/%s — %s", change.kind, change.alert_id, change.rule,
+                     change.site_id, change.device_id or "-", change.summary)
+        return result
+
+    async def listen(self) -> None:
+        """Collect device ids announced by ingest commits (LISTEN/NOTIFY), reconnecting on loss."""
+        delay = 1.0
+        while True:
+            try:
+                conn = await connect(self._database_url)
+                async with conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    delay = 1.0
+                    async for note in conn.notifies():
+                        self._pending.update(orjson.loads(note.payload))
+                        self._wakeup.set()
+            except (OSError, Exception) as exc:  # noqa: BLE001 - any loss: reconnect with backoff
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                log.warning("detector listener lost the database (%s); retrying in %.0f s", exc, delay)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 30.0)
+
+    async def stream(self) -> None:
+        """Evaluate the sites of devices with new data, shortly after it is committed."""
+        while True:
+            await self._wakeup.wait()
+            await asyncio.sleep(self._debounce)
+            self._wakeup.clear()
+            devices, self._pending = list(self._pending), set()
+            try:
+                async with self._pool.connection() as conn:
+                    site_ids = await repository.sites_of_devices(conn=conn, device_ids=devices)
+                await self.evaluate(site_ids, "stream")
+            except Exception:
+                log.exception("stream evaluation failed; the next scan will retry")
+
+    async def scan(self) -> None:
+        """Evaluate every site on a schedule (offline devices, overdue waste, daily UV, ...)."""
+        while True:
+            try:
+                async with self._pool.connection() as conn:
+                    site_ids = await repository.all_site_ids(conn=conn)
+                await self.evaluate(site_ids, "scan")
+            except Exception:
+                log.exception("scheduled scan failed")
+            await asyncio.sleep(self._scan_interval)

@@ -1,0 +1,271 @@
+"""The `weijian` command line (docs/operations.md). Every mistake is a one-line error, exit 1."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import psycopg
+import typer
+from pydantic import ValidationError
+
+from weijian.config import Settings, get_settings
+
+T = TypeVar("T")
+
+app = typer.Typer(help="Weijian (卫监): online monitoring for a health-supervision bureau.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+sites_app = typer.Typer(help="Supervised units (餐饮具集中消毒单位, 医疗机构).", no_args_is_help=True)
+devices_app = typer.Typer(help="Devices and their MQTT credentials.", no_args_is_help=True)
+users_app = typer.Typer(help="Platform users: admin, supervisor, inspector, operator.", no_args_is_help=True)
+app.add_typer(sites_app, name="sites")
+app.add_typer(devices_app, name="devices")
+app.add_typer(users_app, name="users")
+
+
+class CliError(Exception):
+    """A mistake to report on one line."""
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise CliError(f"configuration: {first['msg']} ({'.'.join(map(str, first['loc'])) or 'settings'})") from None
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
+
+
+def _run(coro_factory: Callable[[], Awaitable[T]]) -> T:
+    async def main() -> T:
+        return await coro_factory()
+
+    return asyncio.run(main())
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def _with_conn(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    from weijian.db.connection import connect
+
+    conn = await connect(settings.database_url)
+    async with conn:
+        async with conn.transaction():
+            return await work(conn)
+
+
+# -- platform ------------------------------------------------------------------------------
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema up to date (idempotent)."""
+    from weijian.db.migrate import migrate as run_migrations
+
+    settings = _settings()
+    applied = run_migrations(settings.database_url)
+    typer.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@app.command()
+def up(
+    scan_interval: Annotated[float, typer.Option(help="Seconds between scheduled detector scans.")] = 30.0,
+) -> None:
+    """Run everything in one process: migrate, ingest, detectors, alerts, inspections, notify, api."""
+    from weijian.runtime import Stages, run
+
+    settings = _settings()
+    _logging(settings.log_level)
+    typer.echo(f"weijian: wall at http://127.0.0.1:{settings.http_port}/wall, "
+               f"broker {settings.mqtt.public_url}, database {settings.database_url.rsplit('@', 1)[-1]}")
+    asyncio.run(run(settings, Stages(scan_interval_s=scan_interval)))
+
+
+@app.command()
+def ingest(workers: Annotated[int, typer.Option(min=1, max=64)] = 1) -> None:
+    """Run only the ingest stage (scale out with several processes on a shared subscription)."""
+    from weijian.runtime import Stages, run
+
+    settings = _settings().model_copy(update={"ingest_workers": workers})
+    _logging(settings.log_level)
+    asyncio.run(run(settings, Stages(api=False, detectors=False, notify=False)))
+
+
+@app.command()
+def api() -> None:
+    """Run only the HTTP API and the wall."""
+    from weijian.runtime import Stages, run
+
+    settings = _settings()
+    _logging(settings.log_level)
+    asyncio.run(run(settings, Stages(ingest=False, detectors=False, notify=False)))
+
+
+# -- registry ------------------------------------------------------------------------------
+
+
+@sites_app.command("add")
+def sites_add(
+    name: Annotated[str, typer.Option(help="Name of the unit, e.g. 城东餐具消毒中心.")],
+    kind: Annotated[str, typer.Option(help="disinfection_plant or medical_institution.")],
+    district: Annotated[str, typer.Option(help="District (inspectors are drawn from its roster).")],
+    phone: Annotated[list[str], typer.Option(help="Contact phone for alert SMS (repeatable).")],
+    address: Annotated[str | None, typer.Option()] = None,
+    lat: Annotated[float | None, typer.Option()] = None,
+    lon: Annotated[float | None, typer.Option()] = None,
+    site_id: Annotated[str | None, typer.Option("--id", help="Site id (generated if omitted).")] = None,
+) -> None:
+    """Register a supervised unit; prints it as JSON."""
+    from weijian.devices import service
+    from weijian.devices.models import SiteCreate
+
+    new = SiteCreate(id=site_id, name=name, kind=kind, district=district, phones=phone,  # type: ignore[arg-type]
+                     address=address, lat=lat, lon=lon)
+    site = _run(lambda: _with_conn(_settings(), lambda conn: service.add_site(conn=conn, new=new)))
+    _print_json(site.model_dump(mode="json"))
+
+
+@sites_app.command("list")
+def sites_list(district: Annotated[str | None, typer.Option()] = None) -> None:
+    """List registered sites as JSON."""
+    from weijian.devices import service
+
+    sites = _run(lambda: _with_conn(_settings(), lambda conn: service.list_sites(conn=conn, district=district)))
+    _print_json([s.model_dump(mode="json") for s in sites])
+
+
+@devices_app.command("add")
+def devices_add(
+    site: Annotated[str, typer.Option(help="Site id the device belongs to.")],
+    kind: Annotated[str, typer.Option(help="Device kind, e.g. steam_cabinet.")],
+    name: Annotated[str | None, typer.Option()] = None,
+    device_id: Annotated[str | None, typer.Option("--id", help="Device id (generated if omitted).")] = None,
+    interval: Annotated[int | None, typer.Option(help="Reporting interval in seconds.")] = None,
+) -> None:
+    """Register a device and issue its MQTT credentials; prints them once, as JSON."""
+    from weijian.devices import service
+    from weijian.devices.broker import DynamicSecurity
+    from weijian.devices.kinds import kind_spec
+    from weijian.devices.models import DeviceCreate
+
+    settings = _settings()
+    kind_spec(kind)
+    new = DeviceCreate(id=device_id, site_id=site, kind=kind, name=name, interval_s=interval)  # type: ignore[arg-type]
+    store = DynamicSecurity(settings.mqtt, settings.mqtt_topic_root)
+
+    async def work(conn: Any) -> Any:
+        _, credentials = await service.add_device(conn=conn, new=new, store=store,
+                                                  topic_root=settings.mqtt_topic_root,
+                                                  broker_url=settings.broker_public_url)
+        return credentials
+
+    _print_json(_run(lambda: _with_conn(settings, work)).model_dump(mode="json"))
+
+
+@devices_app.command("list")
+def devices_list(site: Annotated[str | None, typer.Option(help="Only this site's devices.")] = None) -> None:
+    """List registered devices (with presence) as JSON."""
+    from weijian.devices import service
+
+    devices = _run(lambda: _with_conn(_settings(), lambda conn: service.list_devices(conn=conn, site_id=site)))
+    _print_json([d.model_dump(mode="json") for d in devices])
+
+
+@devices_app.command("rotate")
+def devices_rotate(device_id: Annotated[str, typer.Argument(help="The device whose password to replace.")]) -> None:
+    """Issue a new MQTT password for a device (its open sessions are closed); prints it once."""
+    from weijian.devices import service
+    from weijian.devices.broker import DynamicSecurity
+
+    settings = _settings()
+    store = DynamicSecurity(settings.mqtt, settings.mqtt_topic_root)
+    credentials = _run(lambda: _with_conn(settings, lambda conn: service.rotate_credentials(
+        conn=conn, device_id=device_id, store=store, topic_root=settings.mqtt_topic_root,
+        broker_url=settings.broker_public_url)))
+    _print_json(credentials.model_dump(mode="json"))
+
+
+@users_app.command("add")
+def users_add(
+    role: Annotated[str, typer.Option(help="admin, supervisor, inspector or operator.")],
+    name: Annotated[str, typer.Option(help="Full name, e.g. 张伟.")],
+    password: Annotated[str, typer.Option(help="At least 8 characters; only a hash is stored.")],
+    username: Annotated[str | None, typer.Option(help="Login name (defaults to the phone number).")] = None,
+    district: Annotated[str | None, typer.Option(help="District (required for inspectors).")] = None,
+    phone: Annotated[str | None, typer.Option(help="Mobile number for SMS.")] = None,
+    site: Annotated[list[str] | None, typer.Option(help="Operator's site (repeatable).")] = None,
+) -> None:
+    """Register a user; prints it as JSON (without the password)."""
+    from weijian.users import service
+    from weijian.users.models import UserCreate
+
+    login = username or phone
+    if not login:
+        raise CliError("give --username (or --phone, used as the login name)")
+    new = UserCreate(username=login, name=name, role=role, password=password, district=district,  # type: ignore[arg-type]
+                     phone=phone, site_ids=site or [])
+    user = _run(lambda: _with_conn(_settings(), lambda conn: service.add_user(conn=conn, new=new)))
+    _print_json(user.model_dump(mode="json"))
+
+
+@users_app.command("list")
+def users_list(role: Annotated[str | None, typer.Option()] = None) -> None:
+    """List users as JSON."""
+    from weijian.users import service
+
+    users = _run(lambda: _with_conn(_settings(), lambda conn: service.list_users(conn=conn, role=role)))
+    _print_json([u.model_dump(mode="json") for u in users])
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return f"{where}: {first['msg']}" if where else str(first["msg"])
+    if isinstance(exc, psycopg.OperationalError):
+        return f"database unavailable: {str(exc).strip().splitlines()[0]} (is `make services` running?)"
+    text = str(exc).strip().splitlines()
+    return text[0] if text else exc.__class__.__name__
+
+
+def main() -> None:
+    """Entry point: run the app, turning known errors into one line on stderr and exit 1."""
+    from weijian.db.migrate import MigrationError
+    from weijian.devices.broker import BrokerError
+
+    known: tuple[type[BaseException], ...] = (
+        CliError, ValueError, ValidationError, BrokerError, MigrationError, psycopg.Error,
+        FileNotFoundError, PermissionError,
+    )
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.stderr.write("aborted\n")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except known as exc:
+        sys.stderr.write(f"error: {_one_line(exc)}\n")
+        sys.exit(1)
+    except Exception as exc:
+        # Usage errors of the command-line parser carry their own message and exit code (2).
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            sys.exit(code)
+        raise
+
+
+if __name__ == "__main__":
+    main()
