@@ -191,3 +191,33 @@ async def events_between(*, conn: AsyncConn, device_ids: Sequence[str], start: d
         Event(r["ts"], r["device_id"], r["type"], r["data"], r["seq"], r["received_at"])
         for r in await cur.fetchall()
     ]
+
+
+# -- read models for the API (wall) ----------------------------------------------------------
+
+
+async def active_by_site(*, conn: AsyncConn, site_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Per site with active alerts: how many are firing / acknowledged, and the worst severity."""
+    cur = await conn.execute(
+        "SELECT site_id,"
+        " count(*) FILTER (WHERE status = 'firing') AS firing,"
+        " count(*) FILTER (WHERE status = 'acknowledged') AS acknowledged,"
+        " (array_agg(severity ORDER BY CASE severity WHEN 'critical' THEN 3 WHEN 'major' THEN 2"
+        "   WHEN 'warning' THEN 1 ELSE 0 END DESC))[1] AS worst_severity"
+        " FROM alerts WHERE status <> 'resolved'"
+        "   AND (%(ids)s::text[] IS NULL OR site_id = ANY(%(ids)s))"
+        " GROUP BY site_id ORDER BY site_id",
+        {"ids": None if site_ids is None else list(site_ids)},
+    )
+    return list(await cur.fetchall())
+
+
+async def count_detected_since(*, conn: AsyncConn, since: datetime,
+                               site_ids: Sequence[str] | None = None) -> dict[str, int]:
+    """Alerts detected since `since`, by severity."""
+    cur = await conn.execute(
+        "SELECT severity, count(*) AS n FROM alerts WHERE detected_at >= %(since)s"
+        "   AND (%(ids)s::text[] IS NULL OR site_id = ANY(%(ids)s)) GROUP BY severity",
+        {"since": since, "ids": None if site_ids is None else list(site_ids)},
+    )
+    return {str(r["severity"]): int(r["n"]) for r in await cur.fetchall()}

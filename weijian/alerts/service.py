@@ -238,3 +238,17 @@ async def get_alert(*, conn: AsyncConn, alert_id: int) -> Alert | None:
 
 async def alert_history(*, conn: AsyncConn, alert_id: int) -> list[dict[str, Any]]:
     return await repository.history(conn=conn, alert_id=alert_id)
+
+
+# -- reads for the API (wall) ----------------------------------------------------------------
+
+
+async def active_by_site(*, conn: AsyncConn, site_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Sites with active alerts: counts by status and the worst severity (the wall's site colours)."""
+    return await repository.active_by_site(conn=conn, site_ids=site_ids)
+
+
+async def count_detected_since(*, conn: AsyncConn, since: datetime,
+                               site_ids: Sequence[str] | None = None) -> dict[str, int]:
+    """Alerts detected since a time, by severity (今日告警)."""
+    return await repository.count_detected_since(conn=conn, since=since, site_ids=site_ids)

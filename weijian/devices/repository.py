@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -95,3 +95,31 @@ async def mark_credentials_issued(*, conn: AsyncConn, device_id: str, at: dateti
 
 async def set_device_profile(*, conn: AsyncConn, device_id: str, profile: dict[str, Any]) -> None:
     await conn.execute("UPDATE devices SET profile = %s WHERE id = %s", (Jsonb(profile), device_id))
+
+
+# -- read models for the API (wall, evidence charts) ---------------------------------------
+
+
+async def reading_series(*, conn: AsyncConn, device_id: str, metric: str, start: datetime,
+                         end: datetime, bucket: timedelta) -> list[dict[str, Any]]:
+    """One metric of one device in [start, end), aggregated per `time_bucket`."""
+    cur = await conn.execute(
+        "SELECT time_bucket(%(bucket)s, ts) AS ts, avg(value) AS avg, min(value) AS min,"
+        " max(value) AS max, count(*) AS count FROM readings"
+        " WHERE device_id = %(device)s AND metric = %(metric)s AND ts >= %(start)s AND ts < %(end)s"
+        " GROUP BY 1 ORDER BY 1",
+        {"bucket": bucket, "device": device_id, "metric": metric, "start": start, "end": end},
+    )
+    return list(await cur.fetchall())
+
+
+async def presence_counts(*, conn: AsyncConn, site_ids: Sequence[str] | None = None) -> dict[str, int]:
+    """Registered devices and those currently online (a device never heard from is not online)."""
+    cur = await conn.execute(
+        "SELECT count(*) AS registered, count(*) FILTER (WHERE online) AS online FROM devices"
+        " WHERE (%(ids)s::text[] IS NULL OR site_id = ANY(%(ids)s))",
+        {"ids": None if site_ids is None else list(site_ids)},
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return {"registered": int(row["registered"]), "online": int(row["online"])}

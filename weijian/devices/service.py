@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from weijian.db.connection import AsyncConn
 from weijian.devices import repository
@@ -106,3 +108,28 @@ async def get_site(*, conn: AsyncConn, site_id: str) -> Site | None:
 
 async def get_device(*, conn: AsyncConn, device_id: str) -> Device | None:
     return await repository.get_device(conn=conn, device_id=device_id)
+
+
+# -- reads for the API, scoped to the sites a user may see (None: every site) ----------------
+
+
+async def list_sites_in(*, conn: AsyncConn, site_ids: Sequence[str] | None,
+                        district: str | None = None) -> list[Site]:
+    return await repository.list_sites(conn=conn, district=district, site_ids=site_ids)
+
+
+async def list_devices_in(*, conn: AsyncConn, site_ids: Sequence[str] | None,
+                          site_id: str | None = None) -> list[Device]:
+    return await repository.list_devices(conn=conn, site_id=site_id, site_ids=site_ids)
+
+
+async def reading_series(*, conn: AsyncConn, device_id: str, metric: str, start: datetime,
+                         end: datetime, bucket: timedelta) -> list[dict[str, Any]]:
+    """avg/min/max/count of one metric per time bucket (evidence charts)."""
+    return await repository.reading_series(conn=conn, device_id=device_id, metric=metric,
+                                           start=start, end=end, bucket=bucket)
+
+
+async def presence_counts(*, conn: AsyncConn, site_ids: Sequence[str] | None = None) -> dict[str, int]:
+    """{"registered": n, "online": m} for 在线率."""
+    return await repository.presence_counts(conn=conn, site_ids=site_ids)

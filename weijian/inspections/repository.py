@@ -128,3 +128,23 @@ async def kpi_counts(*, conn: AsyncConn, start: datetime, end: datetime) -> dict
     row = await cur.fetchone()
     assert row is not None
     return {k: int(v) for k, v in row.items()}
+
+
+async def list_visible_tasks(*, conn: AsyncConn, site_ids: Sequence[str] | None,
+                             assigned_to: str | None = None, statuses: Sequence[str] | None = None,
+                             site_id: str | None = None, inspector: str | None = None,
+                             limit: int = 200) -> list[Task]:
+    """Tasks at `site_ids` (None: all sites) or assigned to `assigned_to`, with filters."""
+    cur = await conn.execute(
+        f"SELECT {_COLUMNS} FROM inspection_tasks t"
+        " WHERE (%(ids)s::text[] IS NULL OR t.site_id = ANY(%(ids)s)"
+        "        OR (%(assigned)s::text IS NOT NULL AND %(assigned)s = ANY(t.inspectors)))"
+        "   AND (%(statuses)s::text[] IS NULL OR t.status = ANY(%(statuses)s))"
+        "   AND (%(site)s::text IS NULL OR t.site_id = %(site)s)"
+        "   AND (%(inspector)s::text IS NULL OR %(inspector)s = ANY(t.inspectors))"
+        " ORDER BY t.opened_at DESC, t.id DESC LIMIT %(limit)s",
+        {"ids": None if site_ids is None else list(site_ids), "assigned": assigned_to,
+         "statuses": None if statuses is None else list(statuses), "site": site_id,
+         "inspector": inspector, "limit": limit},
+    )
+    return [Task.model_validate(r) for r in await cur.fetchall()]

@@ -7,6 +7,7 @@ States: assigned → in_progress → concluded → closed, each step appended to
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -172,3 +173,13 @@ async def list_tasks(*, conn: AsyncConn, status: str | None = None, site_id: str
 
 async def task_history(*, conn: AsyncConn, task_id: int) -> list[dict[str, object]]:
     return await repository.history(conn=conn, task_id=task_id)
+
+
+async def list_visible_tasks(*, conn: AsyncConn, site_ids: Sequence[str] | None,
+                             assigned_to: str | None = None, statuses: Sequence[str] | None = None,
+                             site_id: str | None = None, inspector: str | None = None,
+                             limit: int = 200) -> list[Task]:
+    """Tasks a user may see: those at `site_ids` (None: every site) plus those assigned to it."""
+    return await repository.list_visible_tasks(
+        conn=conn, site_ids=site_ids, assigned_to=assigned_to, statuses=statuses, site_id=site_id,
+        inspector=inspector, limit=limit)

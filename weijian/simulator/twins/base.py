@@ -34,6 +34,8 @@ class Violation:
     detectable_at: float
     # Earliest moment an alert still counts (default: detectable_at - the matcher's slack).
     window_start: float | None = None
+    # Latest moment a correct system must have alerted (default: detectable_at + tolerance).
+    window_end: float | None = None
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,15 @@ class Twin:
         """The metrics at true time `t`; called in increasing `t` (noise is drawn in order)."""
         return {}
 
-    def violate(self, rule: str, fault: PlannedFault, at: float, start: float | None = None) -> None:
-        self.violations.append(Violation(rule, fault.index, at, start))
+    def violate(
+        self,
+        rule: str,
+        fault: PlannedFault,
+        at: float,
+        start: float | None = None,
+        end: float | None = None,
+    ) -> None:
+        self.violations.append(Violation(rule, fault.index, at, start, end))
 
     def faults_of(self, *types: str) -> list[PlannedFault]:
         return sorted((f for f in self.ctx.faults if f.type in types), key=lambda f: f.at)

@@ -1,0 +1,257 @@
+"""Data integrity of the values themselves: flat lines and physically impossible values."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from weijian.alerts.detectors.common import (
+    DeviceDetector,
+    LevelRule,
+    Point,
+    Spell,
+    iso,
+    level_findings,
+    mmss,
+    seconds,
+    series,
+    spell_episode,
+)
+from weijian.alerts.detectors.dish import timeline
+from weijian.alerts.detectors.presence import offline_after
+from weijian.alerts.detectors.thermal import CABINETS, batches
+from weijian.alerts.models import DeviceData, Finding, SiteData
+from weijian.alerts.models import Severity as Sev
+from weijian.alerts.rules import rule
+from weijian.devices.kinds import DeviceKind, MetricSpec, kind_spec
+from weijian.telemetry import Reading
+
+# Metrics whose physics must vary, and the profile key of the window over which identical
+# values are implausible. Flags, counters and set points (belt speed) are never here.
+FLAT_WINDOWS: dict[tuple[DeviceKind, str], str] = {
+    (DeviceKind.DISH_MACHINE, "rinse_temp_c"): "flatline.dish_window_min",
+    (DeviceKind.DISH_MACHINE, "wash_temp_c"): "flatline.dish_window_min",
+    (DeviceKind.CHLORINE_TANK, "chlorine_mg_l"): "flatline.chlorine_window_min",
+    (DeviceKind.WASTE_STORE_ENV, "temp_c"): "flatline.store_window_min",
+    (DeviceKind.WASTE_STORE_ENV, "humidity_pct"): "flatline.store_window_min",
+}
+# Samples further apart in seq than this are not compared for rate of change: after a clock
+# jump, neighbours in device time may come from different hours.
+_RATE_MAX_SEQ_STEP = 5
+
+
+def flat_runs(samples: Sequence[Reading], max_gap: timedelta) -> list[Spell]:
+    """Runs of consecutive identical values; a gap longer than `max_gap` breaks a run."""
+    runs: list[Spell] = []
+    run: list[Reading] = []
+    for sample in [*samples, None]:
+        if run and (
+            sample is None or sample.value != run[0].value or sample.ts - run[-1].ts > max_gap
+        ):
+            changed = sample is not None and sample.ts - run[-1].ts <= max_gap
+            end = None if sample is None else (sample.ts if changed else run[-1].ts)
+            runs.append(Spell(tuple(Point(r.ts, r.value, True) for r in run), end, changed))
+            run = []
+        if sample is not None:
+            run.append(sample)
+    return runs
+
+
+class FlatlineDetector(DeviceDetector):
+    """`data.flatline`: identical values where the physics must vary (stuck or faked sensor).
+
+    Cabinets: every temperature sample of a batch identical (a batch always heats up). Other
+    metrics in `FLAT_WINDOWS`: identical for at least the window (dish temperatures only while
+    running). Runs at a range bound (an empty tank at 0 mg/L, a saturated 100 %) are left to
+    `data.out_of_range` and the process rules. Episode = metric@run start (or batch id);
+    clears once the values vary again.
+    """
+
+    rule = rule("data.flatline")
+    device_kinds = frozenset({kind for kind, _ in FLAT_WINDOWS} | CABINETS)
+    lookback = timedelta(hours=12)
+
+    def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
+        min_samples = int(site.profile.number("flatline.min_samples", device.device_id))
+        if device.kind in CABINETS:
+            return self._batches(site, device, now, min_samples)
+        findings: list[Finding] = []
+        max_gap = offline_after(site, device)
+        running = {s.ts for s in timeline(device, max_gap) if s.running}
+        for (kind, metric), key in FLAT_WINDOWS.items():
+            if kind != device.kind:
+                continue
+            window = timedelta(minutes=site.profile.number(key, device.device_id))
+            samples = [r for r in series(device, metric) if r.ts <= now]
+            if kind == DeviceKind.DISH_MACHINE:
+                samples = [r for r in samples if r.ts in running]
+            spec = kind_spec(kind).metric(metric)
+            runs = flat_runs(samples, max_gap)
+            flat = [r for r in runs if _flat(r, window, min_samples, spec)]
+            findings += [self._firing(site, device, metric, r, window) for r in flat]
+            clear = self._clear(site, device, metric, runs, flat)
+            findings += [clear] if clear else []
+        return findings
+
+    def _batches(
+        self, site: SiteData, device: DeviceData, now: datetime, min_samples: int
+    ) -> list[Finding]:
+        temps = series(device, "temp_c")
+        findings: list[Finding] = []
+        for batch in batches(device):
+            inside = [r for r in temps if batch.start <= r.ts <= batch.end]
+            if batch.end > now or len(inside) < min_samples:
+                continue
+            run = Spell(tuple(Point(r.ts, r.value, True) for r in inside), batch.end, True)
+            flat = len({r.value for r in inside}) == 1
+            finding = self._firing(site, device, "temp_c", run, batch.end - batch.start)
+            findings.append(
+                _replace_episode(finding, f"temp_c@{batch.batch_id}", clear=not flat)
+            )
+        return findings
+
+    def _firing(
+        self, site: SiteData, device: DeviceData, metric: str, run: Spell, window: timedelta
+    ) -> Finding:
+        return Finding(
+            rule=self.rule.id,
+            site_id=site.site_id,
+            device_id=device.device_id,
+            state="firing",
+            severity=Sev.MAJOR,
+            started_at=run.first,
+            ended_at=run.end,
+            value=run.values[0],
+            limit=window.total_seconds(),
+            unit="s",
+            summary=(
+                f"{metric} 连续 {len(run.points)} 个数据恒为 {run.values[0]:g}"
+                f"（{mmss(run.duration)}），疑似传感器卡死或数据造假"
+            ),
+            evidence_from=run.first,
+            evidence_to=run.end or run.last,
+            evidence_metric=metric,
+            episode=spell_episode(metric, run),
+            details={"samples": len(run.points), "duration_s": run.duration.total_seconds()},
+        )
+
+    def _clear(
+        self, site: SiteData, device: DeviceData, metric: str, runs: list[Spell], flat: list[Spell]
+    ) -> Finding | None:
+        after = [r for r in runs if not flat or r.first > flat[-1].first]
+        if len(after) < 2 or (flat and flat[-1].end is None):
+            return None  # no variation seen since (the last flat run)
+        return Finding(
+            rule=self.rule.id,
+            site_id=site.site_id,
+            device_id=device.device_id,
+            state="clear",
+            severity=Sev.MAJOR,
+            summary=f"{metric} 数据已恢复变化",
+            evidence_from=after[0].first,
+            evidence_to=after[-1].last,
+            evidence_metric=metric,
+            episode=spell_episode(metric, flat[-1]) if flat else f"{metric}@varying",
+        )
+
+
+def _flat(run: Spell, window: timedelta, min_samples: int, spec: MetricSpec | None) -> bool:
+    at_bound = spec is not None and run.values[0] in (spec.low, spec.high)
+    return run.duration >= window and len(run.points) >= min_samples and not at_bound
+
+
+def _replace_episode(finding: Finding, episode: str, *, clear: bool) -> Finding:
+    from dataclasses import replace
+
+    if clear:
+        return replace(finding, episode=episode, state="clear", summary="批次温度数据正常变化")
+    return replace(finding, episode=episode)
+
+
+class OutOfRangeDetector(DeviceDetector):
+    """`data.out_of_range`: a value outside the metric's physical range (kinds.py), or a change
+    faster than its `max_rate_per_s` between neighbouring samples.
+
+    Range: one episode per run of out-of-range samples (metric@start), cleared after
+    `data.clear_after_s` of in-range data. Rate: a closed episode per jump (metric:rate@ts);
+    jumps into or out of range are left to the range check, and only samples adjacent in
+    seq are compared, so a clock jump never fakes a rate.
+    """
+
+    rule = rule("data.out_of_range")
+    device_kinds = frozenset(DeviceKind)
+    lookback = timedelta(hours=6)
+
+    def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
+        clear_after = seconds(site.profile.number("data.clear_after_s", device.device_id))
+        max_gap = offline_after(site, device)
+        findings: list[Finding] = []
+        for spec in kind_spec(device.kind).metrics:
+            samples = [r for r in series(device, spec.name) if r.ts <= now]
+            level = LevelRule(
+                spec=self.rule,
+                metric=spec.name,
+                limit=spec.high,
+                unit="",
+                severity=Sev.WARNING,
+                max_gap=max_gap,
+                clear_after=clear_after,
+                clear_summary=f"{spec.name} 数据已回到量程内",
+            )
+            points = [Point(r.ts, r.value, not spec.low <= r.value <= spec.high) for r in samples]
+
+            def describe(spell: Spell, spec: MetricSpec = spec) -> tuple[float, str]:
+                worst = max(spell.values, key=lambda v: max(spec.low - v, v - spec.high))
+                return worst, (
+                    f"{spec.name} = {worst:g} 超出物理量程 [{spec.low:g}, {spec.high:g}]"
+                    f"（{len(spell.points)} 个数据）"
+                )
+
+            findings += level_findings(level, site, device, points, describe)
+            findings += self._rates(site, device, spec, samples)
+        return findings
+
+    def _rates(
+        self, site: SiteData, device: DeviceData, spec: MetricSpec, samples: list[Reading]
+    ) -> list[Finding]:
+        if spec.max_rate_per_s is None:
+            return []
+        findings: list[Finding] = []
+        for a, b in zip(samples, samples[1:], strict=False):
+            rate = _rate(a, b, spec)
+            if rate is None or rate <= spec.max_rate_per_s:
+                continue
+            findings.append(
+                Finding(
+                    rule=self.rule.id,
+                    site_id=site.site_id,
+                    device_id=device.device_id,
+                    state="firing",
+                    severity=Sev.WARNING,
+                    started_at=a.ts,
+                    ended_at=b.ts,
+                    value=round(rate, 3),
+                    limit=spec.max_rate_per_s,
+                    unit="/s",
+                    summary=(
+                        f"{spec.name} 在 {(b.ts - a.ts).total_seconds():g} 秒内从 {a.value:g} "
+                        f"变为 {b.value:g}，变化速率 {rate:.2f}/s 超出物理可能"
+                        f"（≤ {spec.max_rate_per_s:g}/s）"
+                    ),
+                    evidence_from=a.ts,
+                    evidence_to=b.ts,
+                    evidence_metric=spec.name,
+                    episode=f"{spec.name}:rate@{iso(b.ts)}",
+                )
+            )
+        return findings
+
+
+def _rate(a: Reading, b: Reading, spec: MetricSpec) -> float | None:
+    """|Δvalue| per second between neighbours, or None when they must not be compared."""
+    dt = (b.ts - a.ts).total_seconds()
+    if dt <= 0 or not all(spec.low <= r.value <= spec.high for r in (a, b)):
+        return None
+    if a.seq is not None and b.seq is not None and not 0 < b.seq - a.seq <= _RATE_MAX_SEQ_STEP:
+        return None
+    return abs(b.value - a.value) / dt
