@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 import uuid
 from collections.abc import Iterator
 
@@ -20,7 +21,9 @@ from psycopg import sql
 from weijian.config import Settings, get_settings
 from weijian.db.migrate import migrate
 
-ADMIN_URL = os.environ.get("WEIJIAN_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_URL = os.environ.get(
+    "WEIJIAN_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 _PREFIX = f"weijian_t{os.getpid()}"
 _counter = itertools.count()
 
@@ -34,30 +37,45 @@ def _drop(conn: psycopg.Connection[tuple[object, ...]], name: str) -> None:
     conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def _owner_alive(database: str) -> bool:
+    """Whether the test run (pid in the name) that created a database is still running."""
+    match = re.match(r"weijian_t(\d+)_", database)
+    return bool(match) and os.path.exists(f"/proc/{match.group(1)}")  # type: ignore[union-attr]
+
+
 @pytest.fixture(scope="session")
 def template_db() -> Iterator[str]:
     """A migrated database that every test database is cloned from."""
     name = f"{_PREFIX}_tpl"
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        # Leftovers of earlier runs that were killed.
-        stale = conn.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'weijian\\_t%%' AND datname NOT LIKE %s",
-            (f"{_PREFIX}%",),
+        # Leftovers of earlier runs that were killed (another live run's databases are kept).
+        names = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'weijian\\_t%%'"
         ).fetchall()
-        for (old,) in stale:
-            conn.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(sql.Identifier(old)))
+        for (old,) in names:
+            if _owner_alive(old):
+                continue
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(sql.Identifier(old))
+            )
             _drop(conn, old)
         _drop(conn, name)
     migrate(_url(name))
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         # No connections to a template (TimescaleDB's scheduler would hold one otherwise).
         conn.execute(
-            sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(sql.Identifier(name))
+            sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(
+                sql.Identifier(name)
+            )
         )
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
     yield name
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(sql.Identifier(name))
+        )
         _drop(conn, name)
 
 
@@ -69,14 +87,17 @@ def database_url(template_db: str) -> Iterator[str]:
         for attempt in range(20):
             try:
                 conn.execute(
-                    sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template_db))
+                    sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                        sql.Identifier(name), sql.Identifier(template_db)
+                    )
                 )
                 break
             except psycopg.errors.ObjectInUse:
                 if attempt == 19:
                     raise
                 conn.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (template_db,)
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (template_db,),
                 )
     yield _url(name)
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:

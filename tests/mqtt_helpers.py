@@ -20,8 +20,12 @@ class DevicePublisher:
     def __init__(self, credentials: DeviceCredentials) -> None:
         self.credentials = credentials
         target = MqttTarget(credentials.broker)
-        self.client = new_client(target, f"{credentials.device_id}-{uuid.uuid4().hex[:6]}",
-                                 username=credentials.username, password=credentials.password)
+        self.client = new_client(
+            target,
+            f"{credentials.device_id}-{uuid.uuid4().hex[:6]}",
+            username=credentials.username,
+            password=credentials.password,
+        )
         self._connected = threading.Event()
         self.connect_reason: Any = None
 

@@ -17,13 +17,34 @@ def weijian(settings: Settings | None, *args: str) -> subprocess.CompletedProces
     if settings is not None:
         env["WEIJIAN_DATABASE_URL"] = settings.database_url
         env["WEIJIAN_MQTT_TOPIC_ROOT"] = settings.mqtt_topic_root
-    return subprocess.run([sys.executable, "-m", "weijian.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "weijian.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_sites_add_and_list(settings: Settings) -> None:
-    out = weijian(settings, "sites", "add", "--name", "城东餐具消毒中心", "--kind", "disinfection_plant",
-                  "--district", "城东区", "--phone", "13800000000", "--lat", "35.4", "--lon", "116.6")
+    out = weijian(
+        settings,
+        "sites",
+        "add",
+        "--name",
+        "城东餐具消毒中心",
+        "--kind",
+        "disinfection_plant",
+        "--district",
+        "城东区",
+        "--phone",
+        "13800000000",
+        "--lat",
+        "35.4",
+        "--lon",
+        "116.6",
+    )
     assert out.returncode == 0, out.stderr
     site = json.loads(out.stdout)
     assert site["name"] == "城东餐具消毒中心"
@@ -33,8 +54,23 @@ def test_sites_add_and_list(settings: Settings) -> None:
 
 
 def test_users_add_never_prints_the_password(settings: Settings) -> None:
-    out = weijian(settings, "users", "add", "--role", "inspector", "--name", "李娜", "--username", "lina",
-                  "--password", "s3cret-pass", "--district", "城东区", "--phone", "13900000001")
+    out = weijian(
+        settings,
+        "users",
+        "add",
+        "--role",
+        "inspector",
+        "--name",
+        "李娜",
+        "--username",
+        "lina",
+        "--password",
+        "s3cret-pass",
+        "--district",
+        "城东区",
+        "--phone",
+        "13900000001",
+    )
     assert out.returncode == 0, out.stderr
     assert "s3cret-pass" not in out.stdout
     assert json.loads(out.stdout)["role"] == "inspector"
@@ -43,16 +79,60 @@ def test_users_add_never_prints_the_password(settings: Settings) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("sites", "add", "--name", "x", "--kind", "bakery", "--district", "d", "--phone", "138"),
-         "error: kind: Input should be"),
-        (("devices", "add", "--site", "nowhere", "--kind", "toaster"), "error: unknown device kind 'toaster'"),
-        (("users", "add", "--role", "inspector", "--name", "x", "--username", "xx", "--password", "longenough"),
-         "needs a district"),
-        (("users", "add", "--role", "admin", "--name", "x", "--username", "xx", "--password", "short"),
-         "error: password"),
+        (
+            (
+                "sites",
+                "add",
+                "--name",
+                "x",
+                "--kind",
+                "bakery",
+                "--district",
+                "d",
+                "--phone",
+                "138",
+            ),
+            "error: kind: Input should be",
+        ),
+        (
+            ("devices", "add", "--site", "nowhere", "--kind", "toaster"),
+            "error: unknown device kind 'toaster'",
+        ),
+        (
+            (
+                "users",
+                "add",
+                "--role",
+                "inspector",
+                "--name",
+                "x",
+                "--username",
+                "xx",
+                "--password",
+                "longenough",
+            ),
+            "needs a district",
+        ),
+        (
+            (
+                "users",
+                "add",
+                "--role",
+                "admin",
+                "--name",
+                "x",
+                "--username",
+                "xx",
+                "--password",
+                "short",
+            ),
+            "error: password",
+        ),
     ],
 )
-def test_mistakes_are_one_line_errors(settings: Settings, args: tuple[str, ...], message: str) -> None:
+def test_mistakes_are_one_line_errors(
+    settings: Settings, args: tuple[str, ...], message: str
+) -> None:
     out = weijian(settings, *args)
     assert out.returncode == 1
     assert message in out.stderr
@@ -66,7 +146,9 @@ def test_usage_error_exits_2() -> None:
 
 
 def test_unreachable_database_is_one_line() -> None:
-    env_settings = Settings(database_url="postgresql://postgres@127.0.0.1:1/nowhere", _env_file=None)  # type: ignore[call-arg]
+    env_settings = Settings(
+        database_url="postgresql://postgres@127.0.0.1:1/nowhere", _env_file=None
+    )
     out = weijian(env_settings, "sites", "list")
     assert out.returncode == 1
     assert out.stderr.startswith("error: database unavailable")

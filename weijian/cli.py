@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
@@ -17,11 +18,19 @@ from weijian.config import Settings, get_settings
 
 T = TypeVar("T")
 
-app = typer.Typer(help="Weijian (卫监): online monitoring for a health-supervision bureau.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-sites_app = typer.Typer(help="Supervised units (餐饮具集中消毒单位, 医疗机构).", no_args_is_help=True)
+app = typer.Typer(
+    help="Weijian (卫监): online monitoring for a health-supervision bureau.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+sites_app = typer.Typer(
+    help="Supervised units (餐饮具集中消毒单位, 医疗机构).", no_args_is_help=True
+)
 devices_app = typer.Typer(help="Devices and their MQTT credentials.", no_args_is_help=True)
-users_app = typer.Typer(help="Platform users: admin, supervisor, inspector, operator.", no_args_is_help=True)
+users_app = typer.Typer(
+    help="Platform users: admin, supervisor, inspector, operator.", no_args_is_help=True
+)
 app.add_typer(sites_app, name="sites")
 app.add_typer(devices_app, name="devices")
 app.add_typer(users_app, name="users")
@@ -36,11 +45,15 @@ def _settings() -> Settings:
         return get_settings()
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise CliError(f"configuration: {first['msg']} ({'.'.join(map(str, first['loc'])) or 'settings'})") from None
+        raise CliError(
+            f"configuration: {first['msg']} ({'.'.join(map(str, first['loc'])) or 'settings'})"
+        ) from None
 
 
 def _print_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
+    sys.stdout.write(
+        orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n"
+    )
 
 
 def _run(coro_factory: Callable[[], Awaitable[T]]) -> T:
@@ -50,17 +63,29 @@ def _run(coro_factory: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
+def _prometheus_multiprocess(workers: int) -> None:
+    """Several worker processes share one /metrics through prometheus' multiprocess mode.
+
+    Must run before prometheus_client is imported anywhere in this process.
+    """
+    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="weijian-metrics-")
+
+
 def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 async def _with_conn(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     from weijian.db.connection import connect
 
     conn = await connect(settings.database_url)
-    async with conn:
-        async with conn.transaction():
-            return await work(conn)
+    async with conn, conn.transaction():
+        return await work(conn)
 
 
 # -- platform ------------------------------------------------------------------------------
@@ -78,24 +103,30 @@ def migrate() -> None:
 
 @app.command()
 def up(
-    scan_interval: Annotated[float, typer.Option(help="Seconds between scheduled detector scans.")] = 30.0,
+    scan_interval: Annotated[
+        float, typer.Option(help="Seconds between scheduled detector scans.")
+    ] = 30.0,
 ) -> None:
-    """Run everything in one process: migrate, ingest, detectors, alerts, inspections, notify, api."""
+    """Run everything in one process: migrate, ingest, detectors, alerts, tasks, notify, api."""
+    settings = _settings()
+    _prometheus_multiprocess(settings.ingest_workers)
     from weijian.runtime import Stages, run
 
-    settings = _settings()
     _logging(settings.log_level)
-    typer.echo(f"weijian: wall at http://127.0.0.1:{settings.http_port}/wall, "
-               f"broker {settings.mqtt.public_url}, database {settings.database_url.rsplit('@', 1)[-1]}")
+    typer.echo(
+        f"weijian: wall at http://127.0.0.1:{settings.http_port}/wall, "
+        f"broker {settings.mqtt.public_url}, database {settings.database_url.rsplit('@', 1)[-1]}"
+    )
     asyncio.run(run(settings, Stages(scan_interval_s=scan_interval)))
 
 
 @app.command()
 def ingest(workers: Annotated[int, typer.Option(min=1, max=64)] = 1) -> None:
     """Run only the ingest stage (scale out with several processes on a shared subscription)."""
+    settings = _settings().model_copy(update={"ingest_workers": workers})
+    _prometheus_multiprocess(workers)
     from weijian.runtime import Stages, run
 
-    settings = _settings().model_copy(update={"ingest_workers": workers})
     _logging(settings.log_level)
     asyncio.run(run(settings, Stages(api=False, detectors=False, notify=False)))
 
@@ -110,6 +141,36 @@ def api() -> None:
     asyncio.run(run(settings, Stages(ingest=False, detectors=False, notify=False)))
 
 
+@app.command()
+def retention(
+    readings_days: Annotated[int, typer.Option(min=8, help="Keep readings this many days.")] = 400,
+    events_days: Annotated[
+        int, typer.Option(min=1098, help="Keep events (waste movements) this many days.")
+    ] = 1128,
+    dead_letter_days: Annotated[
+        int, typer.Option(min=1, help="Keep dead letters this many days.")
+    ] = 90,
+) -> None:
+    """Drop time-series chunks and dead letters older than the retention policy."""
+    from datetime import timedelta
+
+    from weijian.db import retention as ret
+
+    policy = ret.RetentionPolicy(
+        readings=timedelta(days=readings_days),
+        events=timedelta(days=events_days),
+        dead_letters=timedelta(days=dead_letter_days),
+    )
+    result = _run(lambda: _with_conn(_settings(), lambda conn: ret.apply(conn=conn, policy=policy)))
+    _print_json(
+        {
+            "readings_chunks_dropped": result.readings_chunks,
+            "events_chunks_dropped": result.events_chunks,
+            "dead_letters_deleted": result.dead_letters,
+        }
+    )
+
+
 # -- registry ------------------------------------------------------------------------------
 
 
@@ -122,14 +183,24 @@ def sites_add(
     address: Annotated[str | None, typer.Option()] = None,
     lat: Annotated[float | None, typer.Option()] = None,
     lon: Annotated[float | None, typer.Option()] = None,
-    site_id: Annotated[str | None, typer.Option("--id", help="Site id (generated if omitted).")] = None,
+    site_id: Annotated[
+        str | None, typer.Option("--id", help="Site id (generated if omitted).")
+    ] = None,
 ) -> None:
     """Register a supervised unit; prints it as JSON."""
     from weijian.devices import service
     from weijian.devices.models import SiteCreate
 
-    new = SiteCreate(id=site_id, name=name, kind=kind, district=district, phones=phone,  # type: ignore[arg-type]
-                     address=address, lat=lat, lon=lon)
+    new = SiteCreate(
+        id=site_id,
+        name=name,
+        kind=kind,
+        district=district,
+        phones=phone,
+        address=address,
+        lat=lat,
+        lon=lon,
+    )
     site = _run(lambda: _with_conn(_settings(), lambda conn: service.add_site(conn=conn, new=new)))
     _print_json(site.model_dump(mode="json"))
 
@@ -139,7 +210,11 @@ def sites_list(district: Annotated[str | None, typer.Option()] = None) -> None:
     """List registered sites as JSON."""
     from weijian.devices import service
 
-    sites = _run(lambda: _with_conn(_settings(), lambda conn: service.list_sites(conn=conn, district=district)))
+    sites = _run(
+        lambda: _with_conn(
+            _settings(), lambda conn: service.list_sites(conn=conn, district=district)
+        )
+    )
     _print_json([s.model_dump(mode="json") for s in sites])
 
 
@@ -148,7 +223,9 @@ def devices_add(
     site: Annotated[str, typer.Option(help="Site id the device belongs to.")],
     kind: Annotated[str, typer.Option(help="Device kind, e.g. steam_cabinet.")],
     name: Annotated[str | None, typer.Option()] = None,
-    device_id: Annotated[str | None, typer.Option("--id", help="Device id (generated if omitted).")] = None,
+    device_id: Annotated[
+        str | None, typer.Option("--id", help="Device id (generated if omitted).")
+    ] = None,
     interval: Annotated[int | None, typer.Option(help="Reporting interval in seconds.")] = None,
 ) -> None:
     """Register a device and issue its MQTT credentials; prints them once, as JSON."""
@@ -159,38 +236,57 @@ def devices_add(
 
     settings = _settings()
     kind_spec(kind)
-    new = DeviceCreate(id=device_id, site_id=site, kind=kind, name=name, interval_s=interval)  # type: ignore[arg-type]
+    new = DeviceCreate(id=device_id, site_id=site, kind=kind, name=name, interval_s=interval)
     store = DynamicSecurity(settings.mqtt, settings.mqtt_topic_root)
 
     async def work(conn: Any) -> Any:
-        _, credentials = await service.add_device(conn=conn, new=new, store=store,
-                                                  topic_root=settings.mqtt_topic_root,
-                                                  broker_url=settings.broker_public_url)
+        _, credentials = await service.add_device(
+            conn=conn,
+            new=new,
+            store=store,
+            topic_root=settings.mqtt_topic_root,
+            broker_url=settings.broker_public_url,
+        )
         return credentials
 
     _print_json(_run(lambda: _with_conn(settings, work)).model_dump(mode="json"))
 
 
 @devices_app.command("list")
-def devices_list(site: Annotated[str | None, typer.Option(help="Only this site's devices.")] = None) -> None:
+def devices_list(
+    site: Annotated[str | None, typer.Option(help="Only this site's devices.")] = None,
+) -> None:
     """List registered devices (with presence) as JSON."""
     from weijian.devices import service
 
-    devices = _run(lambda: _with_conn(_settings(), lambda conn: service.list_devices(conn=conn, site_id=site)))
+    devices = _run(
+        lambda: _with_conn(_settings(), lambda conn: service.list_devices(conn=conn, site_id=site))
+    )
     _print_json([d.model_dump(mode="json") for d in devices])
 
 
 @devices_app.command("rotate")
-def devices_rotate(device_id: Annotated[str, typer.Argument(help="The device whose password to replace.")]) -> None:
+def devices_rotate(
+    device_id: Annotated[str, typer.Argument(help="The device whose password to replace.")],
+) -> None:
     """Issue a new MQTT password for a device (its open sessions are closed); prints it once."""
     from weijian.devices import service
     from weijian.devices.broker import DynamicSecurity
 
     settings = _settings()
     store = DynamicSecurity(settings.mqtt, settings.mqtt_topic_root)
-    credentials = _run(lambda: _with_conn(settings, lambda conn: service.rotate_credentials(
-        conn=conn, device_id=device_id, store=store, topic_root=settings.mqtt_topic_root,
-        broker_url=settings.broker_public_url)))
+    credentials = _run(
+        lambda: _with_conn(
+            settings,
+            lambda conn: service.rotate_credentials(
+                conn=conn,
+                device_id=device_id,
+                store=store,
+                topic_root=settings.mqtt_topic_root,
+                broker_url=settings.broker_public_url,
+            ),
+        )
+    )
     _print_json(credentials.model_dump(mode="json"))
 
 
@@ -199,8 +295,12 @@ def users_add(
     role: Annotated[str, typer.Option(help="admin, supervisor, inspector or operator.")],
     name: Annotated[str, typer.Option(help="Full name, e.g. 张伟.")],
     password: Annotated[str, typer.Option(help="At least 8 characters; only a hash is stored.")],
-    username: Annotated[str | None, typer.Option(help="Login name (defaults to the phone number).")] = None,
-    district: Annotated[str | None, typer.Option(help="District (required for inspectors).")] = None,
+    username: Annotated[
+        str | None, typer.Option(help="Login name (defaults to the phone number).")
+    ] = None,
+    district: Annotated[
+        str | None, typer.Option(help="District (required for inspectors).")
+    ] = None,
     phone: Annotated[str | None, typer.Option(help="Mobile number for SMS.")] = None,
     site: Annotated[list[str] | None, typer.Option(help="Operator's site (repeatable).")] = None,
 ) -> None:
@@ -211,8 +311,15 @@ def users_add(
     login = username or phone
     if not login:
         raise CliError("give --username (or --phone, used as the login name)")
-    new = UserCreate(username=login, name=name, role=role, password=password, district=district,  # type: ignore[arg-type]
-                     phone=phone, site_ids=site or [])
+    new = UserCreate(
+        username=login,
+        name=name,
+        role=role,
+        password=password,
+        district=district,
+        phone=phone,
+        site_ids=site or [],
+    )
     user = _run(lambda: _with_conn(_settings(), lambda conn: service.add_user(conn=conn, new=new)))
     _print_json(user.model_dump(mode="json"))
 
@@ -222,17 +329,20 @@ def users_list(role: Annotated[str | None, typer.Option()] = None) -> None:
     """List users as JSON."""
     from weijian.users import service
 
-    users = _run(lambda: _with_conn(_settings(), lambda conn: service.list_users(conn=conn, role=role)))
+    users = _run(
+        lambda: _with_conn(_settings(), lambda conn: service.list_users(conn=conn, role=role))
+    )
     _print_json([u.model_dump(mode="json") for u in users])
 
 
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        return f"{where}: {first['msg']}" if where else str(first["msg"])
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"])
+        return f"{where}: {error['msg']}" if where else str(error["msg"])
     if isinstance(exc, psycopg.OperationalError):
-        return f"database unavailable: {str(exc).strip().splitlines()[0]} (is `make services` running?)"
+        first = str(exc).strip().splitlines()[0]
+        return f"database unavailable: {first} (is `make services` running?)"
     text = str(exc).strip().splitlines()
     return text[0] if text else exc.__class__.__name__
 
@@ -243,8 +353,14 @@ def main() -> None:
     from weijian.devices.broker import BrokerError
 
     known: tuple[type[BaseException], ...] = (
-        CliError, ValueError, ValidationError, BrokerError, MigrationError, psycopg.Error,
-        FileNotFoundError, PermissionError,
+        CliError,
+        ValueError,
+        ValidationError,
+        BrokerError,
+        MigrationError,
+        psycopg.Error,
+        FileNotFoundError,
+        PermissionError,
     )
     try:
         app(standalone_mode=False)

@@ -69,7 +69,8 @@ class Settings(BaseSettings):
 
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=8000, ge=1, le=65535)
-    # Signing key for API tokens; when unset, a random key is generated once and kept in the database.
+    # Signing key for API tokens; when unset, a random key is generated once and kept in
+    # the database.
     secret_key: str | None = None
     token_ttl_minutes: int = Field(default=12 * 60, ge=1)
 

@@ -10,12 +10,16 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from psycopg_pool import AsyncConnectionPool
+
 from weijian.alerts.detectors import catalogue
 from weijian.alerts.jobs import DetectionLoop
 from weijian.clock import Clock, SystemClock
 from weijian.config import Settings
-from weijian.db.connection import open_pool
+from weijian.db import retention
+from weijian.db.connection import AsyncConn, open_pool
 from weijian.db.migrate import migrate
+from weijian.ingest.pool import IngestProcessPool
 from weijian.ingest.worker import TelemetryIngestor
 from weijian.notify.jobs import OutboxDispatcher
 from weijian.notify.providers import provider_from_settings
@@ -35,8 +39,13 @@ class Stages:
     extra: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
-async def run(settings: Settings, stages: Stages, *, clock: Clock | None = None,
-              ready: asyncio.Event | None = None) -> None:
+async def run(
+    settings: Settings,
+    stages: Stages,
+    *,
+    clock: Clock | None = None,
+    ready: asyncio.Event | None = None,
+) -> None:
     """Run the chosen stages until cancelled or SIGTERM/SIGINT."""
     clock = clock or SystemClock()
     applied = await asyncio.to_thread(migrate, settings.database_url)
@@ -45,6 +54,7 @@ async def run(settings: Settings, stages: Stages, *, clock: Clock | None = None,
     provider = provider_from_settings(settings) if stages.notify else None
     pool = await open_pool(settings.database_url, min_size=2, max_size=10)
     ingestors: list[TelemetryIngestor] = []
+    process_pool: IngestProcessPool | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -52,29 +62,33 @@ async def run(settings: Settings, stages: Stages, *, clock: Clock | None = None,
             loop.add_signal_handler(sig, stop.set)
     try:
         if stages.ingest:
-            for index in range(settings.ingest_workers):
-                ingestor = TelemetryIngestor(settings, worker_index=index, clock=clock)
-                ingestor.start()
-                ingestors.append(ingestor)
-            if not await asyncio.to_thread(ingestors[0].wait_connected, 15.0):
-                log.warning("ingest is not connected to %s yet; it keeps retrying",
-                            settings.mqtt.public_url)
+            process_pool = await _start_ingest(settings, clock, ingestors)
         async with asyncio.TaskGroup() as group:
             tasks: list[asyncio.Task[None]] = []
             if stages.detectors:
                 rng = random.Random(settings.inspection_seed)
                 detection = DetectionLoop(
-                    database_url=settings.database_url, pool=pool, detectors=catalogue(),
-                    clock=clock, rng=rng, sign=settings.sms_sign_name,
+                    database_url=settings.database_url,
+                    pool=pool,
+                    detectors=catalogue(),
+                    clock=clock,
+                    rng=rng,
+                    sign=settings.sms_sign_name,
                     scan_interval_s=stages.scan_interval_s,
                 )
                 tasks.append(group.create_task(detection.listen(), name="detector-listen"))
                 tasks.append(group.create_task(detection.stream(), name="detector-stream"))
                 tasks.append(group.create_task(detection.scan(), name="detector-scan"))
             if provider is not None:
-                dispatcher = OutboxDispatcher(pool=pool, provider=provider, clock=clock,
-                                              rate_per_hour=settings.sms_rate_per_recipient_per_hour)
+                dispatcher = OutboxDispatcher(
+                    pool=pool,
+                    provider=provider,
+                    clock=clock,
+                    rate_per_hour=settings.sms_rate_per_recipient_per_hour,
+                )
                 tasks.append(group.create_task(dispatcher.run(), name="notify-dispatch"))
+            if stages.detectors:
+                tasks.append(group.create_task(_daily_retention(pool), name="retention"))
             if stages.api:
                 tasks.append(group.create_task(_serve_api(settings, pool), name="api"))
             for extra in stages.extra:
@@ -88,7 +102,40 @@ async def run(settings: Settings, stages: Stages, *, clock: Clock | None = None,
     finally:
         for ingestor in ingestors:
             await asyncio.to_thread(ingestor.stop)
+        if process_pool is not None:
+            await asyncio.to_thread(process_pool.stop)
         await pool.close()
+
+
+async def _start_ingest(
+    settings: Settings, clock: Clock, ingestors: list[TelemetryIngestor]
+) -> IngestProcessPool | None:
+    """One ingest worker in this process, or a pool of worker processes."""
+    if settings.ingest_workers > 1:
+        pool = IngestProcessPool(settings)
+        pool.start()
+        log.info("ingest: %d worker processes %s", settings.ingest_workers, pool.pids)
+        return pool
+    ingestor = TelemetryIngestor(settings, clock=clock)
+    ingestor.start()
+    ingestors.append(ingestor)
+    if not await asyncio.to_thread(ingestor.wait_connected, 15.0):
+        log.warning(
+            "ingest is not connected to %s yet; it keeps retrying", settings.mqtt.public_url
+        )
+    return None
+
+
+async def _daily_retention(pool: AsyncConnectionPool[AsyncConn]) -> None:
+    """Apply the default retention policy once a day (the Apache build has no policies)."""
+    while True:
+        try:
+            async with pool.connection() as conn:
+                result = await retention.apply(conn=conn, policy=retention.RetentionPolicy())
+            log.info("retention: %s", result)
+        except Exception:
+            log.exception("retention run failed; next attempt in a day")
+        await asyncio.sleep(24 * 3600)
 
 
 async def _serve_api(settings: Settings, pool: object) -> None:
@@ -97,10 +144,14 @@ async def _serve_api(settings: Settings, pool: object) -> None:
     from weijian.api.app import create_app
 
     app = create_app(settings, pool=pool)  # type: ignore[arg-type]
-    config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
-                            log_level=settings.log_level.lower(), lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+        lifespan="on",
+    )
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     try:
         await server.serve()
     finally:

@@ -1,4 +1,4 @@
-"""Provisioning against the real broker: credentials work, and a device is kept to its own topics."""
+"""Provisioning against the real broker: credentials work; a device keeps to its own topics."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _subscriber(settings: Settings, topic: str) -> tuple[mqtt.Client, list[bytes
         ready.set()
 
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        got.append(msg.payload)
+        got.append(bytes(msg.payload))
 
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
@@ -91,9 +91,13 @@ async def test_rotated_password_replaces_the_old_one(settings: Settings) -> None
     try:
         conn = await connect(settings.database_url)
         async with conn:
-            new = await service.rotate_credentials(conn=conn, device_id=creds.device_id, store=store,
-                                                   topic_root=settings.mqtt_topic_root,
-                                                   broker_url=settings.broker_public_url)
+            new = await service.rotate_credentials(
+                conn=conn,
+                device_id=creds.device_id,
+                store=store,
+                topic_root=settings.mqtt_topic_root,
+                broker_url=settings.broker_public_url,
+            )
         assert new.password != creds.password
         old = DevicePublisher(creds)
         assert old.connect_reason.is_failure
@@ -116,6 +120,8 @@ async def test_device_for_unknown_site_leaves_nothing_behind(settings: Settings)
 def test_broker_error_is_clear_when_the_broker_is_down(settings: Settings) -> None:
     from weijian.config import MqttTarget
 
-    store = DynamicSecurity(MqttTarget("mqtt://weijian:weijian@127.0.0.1:1"), settings.mqtt_topic_root)
+    store = DynamicSecurity(
+        MqttTarget("mqtt://weijian:weijian@127.0.0.1:1"), settings.mqtt_topic_root
+    )
     with pytest.raises(BrokerError, match="cannot reach the broker"):
         store.create_device("x-1", "pw", [])

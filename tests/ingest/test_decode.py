@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from weijian.devices.kinds import DeviceKind
-from weijian.ingest.decode import Rejected, Topic, decode, parse_topic, parse_ts
+from weijian.ingest.decode import Decoded, Rejected, Topic, decode, parse_topic, parse_ts
 
 NOW = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
 MAX = timedelta(days=30)
@@ -20,7 +20,7 @@ def ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
 
 
-def tel(payload: object, kind: DeviceKind = DeviceKind.STEAM_CABINET) -> object:
+def tel(payload: object, kind: DeviceKind = DeviceKind.STEAM_CABINET) -> Decoded:
     return decode(TEL, kind, orjson.dumps(payload), NOW, MAX)
 
 
@@ -36,7 +36,10 @@ def test_parse_topic() -> None:
 
 def test_reading_becomes_one_row_per_metric() -> None:
     out = tel({"seq": 5, "ts": ms(NOW), "metrics": {"temp_c": 101.4, "door_open": 0}})
-    assert [(r.metric, r.value, r.seq) for r in out.readings] == [("temp_c", 101.4, 5), ("door_open", 0.0, 5)]
+    assert [(r.metric, r.value, r.seq) for r in out.readings] == [
+        ("temp_c", 101.4, 5),
+        ("door_open", 0.0, 5),
+    ]
     assert out.readings[0].ts == NOW
     assert out.readings[0].received_at == NOW
     assert out.max_seq == 5
@@ -110,7 +113,10 @@ def test_device_id_in_payload_must_match_topic() -> None:
 
 
 def test_backlog_array_keeps_good_items_and_rejects_bad_ones() -> None:
-    good = [{"seq": i, "ts": ms(NOW - timedelta(seconds=10 * i)), "metrics": {"temp_c": 90 + i}} for i in range(3)]
+    good = [
+        {"seq": i, "ts": ms(NOW - timedelta(seconds=10 * i)), "metrics": {"temp_c": 90 + i}}
+        for i in range(3)
+    ]
     out = tel([*good, {"seq": 9, "ts": ms(NOW), "metrics": {"temp_c": "x"}}])
     assert len(out.readings) == 3
     assert len(out.rejected) == 1
@@ -120,23 +126,80 @@ def test_backlog_array_keeps_good_items_and_rejects_bad_ones() -> None:
 
 
 def test_events_are_validated_per_kind() -> None:
-    ok = decode(EVT, DeviceKind.WASTE_SCALE, orjson.dumps({
-        "seq": 3, "ts": ms(NOW), "type": "bag_in",
-        "data": {"bag_id": "B1", "category": "infectious", "weight_kg": 2.5, "dept": "内科"}}), NOW, MAX)
+    ok = decode(
+        EVT,
+        DeviceKind.WASTE_SCALE,
+        orjson.dumps(
+            {
+                "seq": 3,
+                "ts": ms(NOW),
+                "type": "bag_in",
+                "data": {
+                    "bag_id": "B1",
+                    "category": "infectious",
+                    "weight_kg": 2.5,
+                    "dept": "内科",
+                },
+            }
+        ),
+        NOW,
+        MAX,
+    )
     assert ok.events[0].type == "bag_in"
     assert ok.events[0].data["bag_id"] == "B1"
     with pytest.raises(Rejected, match="not one a waste_scale sends"):
-        decode(EVT, DeviceKind.WASTE_SCALE, orjson.dumps({"seq": 1, "ts": ms(NOW), "type": "batch_start"}), NOW, MAX)
+        decode(
+            EVT,
+            DeviceKind.WASTE_SCALE,
+            orjson.dumps({"seq": 1, "ts": ms(NOW), "type": "batch_start"}),
+            NOW,
+            MAX,
+        )
     with pytest.raises(Rejected, match="category"):
-        decode(EVT, DeviceKind.WASTE_SCALE, orjson.dumps({
-            "seq": 1, "ts": ms(NOW), "type": "bag_in",
-            "data": {"bag_id": "B1", "category": "glass", "weight_kg": 1}}), NOW, MAX)
+        decode(
+            EVT,
+            DeviceKind.WASTE_SCALE,
+            orjson.dumps(
+                {
+                    "seq": 1,
+                    "ts": ms(NOW),
+                    "type": "bag_in",
+                    "data": {"bag_id": "B1", "category": "glass", "weight_kg": 1},
+                }
+            ),
+            NOW,
+            MAX,
+        )
     with pytest.raises(Rejected, match="bag_ids"):
-        decode(EVT, DeviceKind.WASTE_SCALE, orjson.dumps({
-            "seq": 1, "ts": ms(NOW), "type": "bag_out", "data": {"bag_ids": "B1", "weight_kg": 1}}), NOW, MAX)
+        decode(
+            EVT,
+            DeviceKind.WASTE_SCALE,
+            orjson.dumps(
+                {
+                    "seq": 1,
+                    "ts": ms(NOW),
+                    "type": "bag_out",
+                    "data": {"bag_ids": "B1", "weight_kg": 1},
+                }
+            ),
+            NOW,
+            MAX,
+        )
     with pytest.raises(Rejected, match="weight_kg"):
-        decode(EVT, DeviceKind.WASTE_SCALE, orjson.dumps({
-            "seq": 1, "ts": ms(NOW), "type": "bag_out", "data": {"bag_ids": ["B1"], "weight_kg": -2}}), NOW, MAX)
+        decode(
+            EVT,
+            DeviceKind.WASTE_SCALE,
+            orjson.dumps(
+                {
+                    "seq": 1,
+                    "ts": ms(NOW),
+                    "type": "bag_out",
+                    "data": {"bag_ids": ["B1"], "weight_kg": -2},
+                }
+            ),
+            NOW,
+            MAX,
+        )
 
 
 def test_status_messages() -> None:

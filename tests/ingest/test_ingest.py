@@ -64,8 +64,9 @@ def publisher(device: DeviceCredentials) -> Iterator[DevicePublisher]:
     pub.close()
 
 
-def test_resend_is_not_double_counted(settings: Settings, ingestor: TelemetryIngestor,
-                                      publisher: DevicePublisher) -> None:
+def test_resend_is_not_double_counted(
+    settings: Settings, ingestor: TelemetryIngestor, publisher: DevicePublisher
+) -> None:
     reading = {"seq": 1, "ts": now_ms(), "metrics": {"temp_c": 101.4, "door_open": 0}}
     publisher.publish("telemetry", reading)
     publisher.publish("telemetry", reading)
@@ -76,7 +77,8 @@ def test_resend_is_not_double_counted(settings: Settings, ingestor: TelemetryIng
 
 
 def test_malformed_payload_goes_to_dead_letters_and_the_next_good_one_is_stored(
-        settings: Settings, ingestor: TelemetryIngestor, publisher: DevicePublisher) -> None:
+    settings: Settings, ingestor: TelemetryIngestor, publisher: DevicePublisher
+) -> None:
     publisher.publish("telemetry", b"{not json")
     publisher.publish("telemetry", {"seq": 2, "ts": now_ms(), "metrics": {"temp_c": 99.0}})
     wait_for(lambda: ingestor.stats.messages >= 2)
@@ -95,13 +97,23 @@ def test_malformed_payload_goes_to_dead_letters_and_the_next_good_one_is_stored(
         (b'{"seq": 1, "ts": 1, "metrics": {"temp_c": Infinity}}', "not valid JSON"),
         (orjson.dumps({"seq": "x", "ts": 1, "metrics": {"temp_c": 1}}), "seq"),
         (orjson.dumps({"seq": 1, "metrics": {"temp_c": 1}}), "ts is missing"),
-        (orjson.dumps({"seq": 1, "ts": 4102444800000, "metrics": {"temp_c": 1}}), "days from the receive time"),
-        (orjson.dumps({"seq": 1, "ts": 1, "metrics": {"temp_c": "hot"}}), "days from the receive time"),
+        (
+            orjson.dumps({"seq": 1, "ts": 4102444800000, "metrics": {"temp_c": 1}}),
+            "days from the receive time",
+        ),
+        (
+            orjson.dumps({"seq": 1, "ts": 1, "metrics": {"temp_c": "hot"}}),
+            "days from the receive time",
+        ),
     ],
 )
-def test_every_kind_of_bad_input_is_dead_lettered(settings: Settings, ingestor: TelemetryIngestor,
-                                                  publisher: DevicePublisher, payload: bytes,
-                                                  reason: str) -> None:
+def test_every_kind_of_bad_input_is_dead_lettered(
+    settings: Settings,
+    ingestor: TelemetryIngestor,
+    publisher: DevicePublisher,
+    payload: bytes,
+    reason: str,
+) -> None:
     publisher.publish("telemetry", payload)
     publisher.publish("telemetry", {"seq": 5, "ts": now_ms(), "metrics": {"temp_c": 20.5}})
     wait_for(lambda: ingestor.stats.messages >= 2)
@@ -111,12 +123,19 @@ def test_every_kind_of_bad_input_is_dead_lettered(settings: Settings, ingestor: 
     assert scalar(settings, "SELECT count(*) FROM readings") == 1
 
 
-def test_large_payload_and_foreign_device_id(settings: Settings, ingestor: TelemetryIngestor,
-                                             publisher: DevicePublisher) -> None:
-    big = b'{"seq": 1, "ts": 1, "metrics": {"temp_c": 1}, "pad": "' + b"x" * (10 * 1024 * 1024) + b'"}'
+def test_large_payload_and_foreign_device_id(
+    settings: Settings, ingestor: TelemetryIngestor, publisher: DevicePublisher
+) -> None:
+    big = (
+        b'{"seq": 1, "ts": 1, "metrics": {"temp_c": 1}, "pad": "'
+        + b"x" * (10 * 1024 * 1024)
+        + b'"}'
+    )
     publisher.publish("telemetry", big)
-    publisher.publish("telemetry", {"device_id": "someone-else", "seq": 2, "ts": now_ms(),
-                                    "metrics": {"temp_c": 1}})
+    publisher.publish(
+        "telemetry",
+        {"device_id": "someone-else", "seq": 2, "ts": now_ms(), "metrics": {"temp_c": 1}},
+    )
     publisher.publish("telemetry", {"seq": 3, "ts": now_ms(), "metrics": {"temp_c": 21}})
     wait_for(lambda: ingestor.stats.messages >= 3, timeout=30)
     with psycopg.connect(settings.database_url) as conn:
@@ -135,8 +154,11 @@ def test_unknown_device_is_dead_lettered(settings: Settings, ingestor: Telemetry
     client.connect(settings.mqtt.host, settings.mqtt.port)
     client.loop_start()
     try:
-        info = client.publish(f"{settings.mqtt_topic_root}/ghost-1/telemetry",
-                              orjson.dumps({"seq": 1, "ts": now_ms(), "metrics": {"temp_c": 1}}), qos=1)
+        info = client.publish(
+            f"{settings.mqtt_topic_root}/ghost-1/telemetry",
+            orjson.dumps({"seq": 1, "ts": now_ms(), "metrics": {"temp_c": 1}}),
+            qos=1,
+        )
         info.wait_for_publish(10)
         wait_for(lambda: ingestor.stats.messages >= 1)
     finally:
@@ -145,18 +167,27 @@ def test_unknown_device_is_dead_lettered(settings: Settings, ingestor: Telemetry
     assert scalar(settings, "SELECT reason FROM dead_letters") == "unknown device 'ghost-1'"
 
 
-def test_events_backlog_and_presence(settings: Settings, ingestor: TelemetryIngestor,
-                                     publisher: DevicePublisher, device: DeviceCredentials) -> None:
+def test_events_backlog_and_presence(
+    settings: Settings,
+    ingestor: TelemetryIngestor,
+    publisher: DevicePublisher,
+    device: DeviceCredentials,
+) -> None:
     publisher.publish("status", {"online": True})
     t = now_ms()
-    publisher.publish("events", [
-        {"seq": 1, "ts": t - 700_000, "type": "batch_start", "data": {"batch_id": "B1"}},
-        {"seq": 2, "ts": t, "type": "batch_end", "data": {"batch_id": "B1"}},
-        {"seq": 3, "ts": t, "type": "bag_in", "data": {}},
-    ])
+    publisher.publish(
+        "events",
+        [
+            {"seq": 1, "ts": t - 700_000, "type": "batch_start", "data": {"batch_id": "B1"}},
+            {"seq": 2, "ts": t, "type": "batch_end", "data": {"batch_id": "B1"}},
+            {"seq": 3, "ts": t, "type": "bag_in", "data": {}},
+        ],
+    )
     wait_for(lambda: ingestor.stats.messages >= 2)
     assert scalar(settings, "SELECT count(*) FROM events") == 2
-    assert "not one a steam_cabinet sends" in str(scalar(settings, "SELECT reason FROM dead_letters"))
+    assert "not one a steam_cabinet sends" in str(
+        scalar(settings, "SELECT reason FROM dead_letters")
+    )
     assert scalar(settings, "SELECT online FROM devices WHERE id = %s", device.device_id) is True
     assert scalar(settings, "SELECT last_seq FROM devices WHERE id = %s", device.device_id) == 2
     publisher.publish("status", {"online": False})

@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import orjson
 
@@ -36,13 +37,14 @@ class EvaluationResult:
     notifications: list[int] = field(default_factory=list)
 
 
-async def load_site_data(*, conn: AsyncConn, site_ids: Sequence[str], detectors: Sequence[Detector],
-                         now: datetime) -> list[SiteData]:
+async def load_site_data(
+    *, conn: AsyncConn, site_ids: Sequence[str], detectors: Sequence[Detector], now: datetime
+) -> list[SiteData]:
     """Each site's devices with the readings and events the detectors need, up to `now`."""
     rows = await repository.site_devices(conn=conn, site_ids=site_ids)
     if not rows:
         return []
-    by_site: dict[str, list[dict[str, object]]] = defaultdict(list)
+    by_site: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_site[str(row["site_id"])].append(row)
     lookback: dict[DeviceKind, timedelta] = {}
@@ -59,16 +61,25 @@ async def load_site_data(*, conn: AsyncConn, site_ids: Sequence[str], detectors:
             readings = events = []
             if span is not None:
                 start = now - span
-                readings = await repository.readings_between(conn=conn, device_ids=[device_id], start=start, end=now)
-                events = await repository.events_between(conn=conn, device_ids=[device_id], start=start, end=now)
+                readings = await repository.readings_between(
+                    conn=conn, device_ids=[device_id], start=start, end=now
+                )
+                events = await repository.events_between(
+                    conn=conn, device_ids=[device_id], start=start, end=now
+                )
             device_data[device_id] = DeviceData(
-                device_id=device_id, kind=kind, readings=readings, events=events,
-                last_seen=row["last_seen_at"], online=row["online"],  # type: ignore[arg-type]
+                device_id=device_id,
+                kind=kind,
+                readings=readings,
+                events=events,
+                last_seen=row["last_seen_at"],
+                online=row["online"],
             )
         first = device_rows[0]
         profile = build_profile(
-            str(first["site_kind"]), first["site_profile"],  # type: ignore[arg-type]
-            {str(r["id"]): r["profile"] for r in device_rows if r["profile"]},  # type: ignore[misc]
+            str(first["site_kind"]),
+            first["site_profile"],
+            {str(r["id"]): r["profile"] for r in device_rows if r["profile"]},
         )
         sites.append(SiteData(site_id, SiteKind(str(first["site_kind"])), device_data, profile))
     return sites
@@ -84,8 +95,15 @@ def run_detectors(site: SiteData, detectors: Sequence[Detector], now: datetime) 
     return findings
 
 
-async def handle_changes(*, conn: AsyncConn, changes: Sequence[service.AlertChange], now: datetime,
-                         rng: random.Random, sign: str, result: EvaluationResult) -> None:
+async def handle_changes(
+    *,
+    conn: AsyncConn,
+    changes: Sequence[service.AlertChange],
+    now: datetime,
+    rng: random.Random,
+    sign: str,
+    result: EvaluationResult,
+) -> None:
     """Tasks and SMS for new and escalated alerts."""
     for change in changes:
         if change.kind == "resolved":
@@ -95,23 +113,58 @@ async def handle_changes(*, conn: AsyncConn, changes: Sequence[service.AlertChan
             continue
         if change.kind == "fired":
             result.notifications += await notify.notify_alert(
-                conn=conn, alert_id=change.alert_id, rule=change.rule, severity=change.severity,
-                summary=change.summary, site=site, sign=sign, now=now)
+                conn=conn,
+                alert_id=change.alert_id,
+                rule=change.rule,
+                severity=change.severity,
+                summary=change.summary,
+                site=site,
+                sign=sign,
+                now=now,
+            )
         outcome = await inspections.open_or_join(
-            conn=conn, site_id=change.site_id, alert_id=change.alert_id, severity=change.severity,
-            summary=change.summary, now=now, rng=rng)
+            conn=conn,
+            site_id=change.site_id,
+            alert_id=change.alert_id,
+            severity=change.severity,
+            summary=change.summary,
+            now=now,
+            rng=rng,
+        )
         if outcome is None:
             continue
         if outcome.opened:
             result.tasks_opened.append(outcome.task_id)
-        await conn.execute("SELECT pg_notify(%s, %s)", (TASKS_CHANNEL, orjson.dumps({
-            "kind": "opened" if outcome.opened else "alert_joined", "task_id": outcome.task_id,
-            "site_id": change.site_id}).decode()))
-        people = [u for name in outcome.inspectors if (u := await users.get_user(conn=conn, username=name))]
+        await conn.execute(
+            "SELECT pg_notify(%s, %s)",
+            (
+                TASKS_CHANNEL,
+                orjson.dumps(
+                    {
+                        "kind": "opened" if outcome.opened else "alert_joined",
+                        "task_id": outcome.task_id,
+                        "site_id": change.site_id,
+                    }
+                ).decode(),
+            ),
+        )
+        people = [
+            u
+            for name in outcome.inspectors
+            if (u := await users.get_user(conn=conn, username=name))
+        ]
         result.notifications += await notify.notify_inspectors(
-            conn=conn, task_id=outcome.task_id, alert_id=change.alert_id, opened=outcome.opened,
-            inspectors=people, site=site, summary=change.summary, due_at=outcome.due_at,
-            sign=sign, now=now)
+            conn=conn,
+            task_id=outcome.task_id,
+            alert_id=change.alert_id,
+            opened=outcome.opened,
+            inspectors=people,
+            site=site,
+            summary=change.summary,
+            due_at=outcome.due_at,
+            sign=sign,
+            now=now,
+        )
 
 
 ALERTS_CHANNEL = "weijian_alerts"
@@ -121,15 +174,28 @@ TASKS_CHANNEL = "weijian_tasks"
 async def announce(*, conn: AsyncConn, changes: Sequence[service.AlertChange]) -> None:
     """Tell live listeners (the wall) about alert changes when the transaction commits."""
     for change in changes:
-        payload = orjson.dumps({
-            "kind": change.kind, "alert_id": change.alert_id, "site_id": change.site_id,
-            "device_id": change.device_id, "rule": change.rule, "severity": change.severity.value,
-        }).decode()
+        payload = orjson.dumps(
+            {
+                "kind": change.kind,
+                "alert_id": change.alert_id,
+                "site_id": change.site_id,
+                "device_id": change.device_id,
+                "rule": change.rule,
+                "severity": change.severity.value,
+            }
+        ).decode()
         await conn.execute("SELECT pg_notify(%s, %s)", (ALERTS_CHANNEL, payload))
 
 
-async def evaluate_sites(*, conn: AsyncConn, site_ids: Sequence[str], detectors: Sequence[Detector],
-                         now: datetime, rng: random.Random, sign: str) -> EvaluationResult:
+async def evaluate_sites(
+    *,
+    conn: AsyncConn,
+    site_ids: Sequence[str],
+    detectors: Sequence[Detector],
+    now: datetime,
+    rng: random.Random,
+    sign: str,
+) -> EvaluationResult:
     """Run the detectors over the sites and commit what follows, one transaction per site."""
     result = EvaluationResult()
     for site in await load_site_data(conn=conn, site_ids=site_ids, detectors=detectors, now=now):
@@ -137,7 +203,9 @@ async def evaluate_sites(*, conn: AsyncConn, site_ids: Sequence[str], detectors:
         result.findings += len(findings)
         async with conn.transaction():
             changes = await service.apply_findings(conn=conn, findings=findings, now=now)
-            await handle_changes(conn=conn, changes=changes, now=now, rng=rng, sign=sign, result=result)
+            await handle_changes(
+                conn=conn, changes=changes, now=now, rng=rng, sign=sign, result=result
+            )
             await announce(conn=conn, changes=changes)
         result.changes.extend(changes)
     return result

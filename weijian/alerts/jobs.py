@@ -1,4 +1,4 @@
-"""Background detection: evaluate sites as their data is committed, and scan all sites on a schedule."""
+"""Background detection: evaluate sites as their data is committed, and scan them all."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 from collections.abc import Sequence
 
 import orjson
-from psycopg_pool import AsyncConnectionPool
 from prometheus_client import Counter, Histogram
+from psycopg_pool import AsyncConnectionPool
 
 from weijian.alerts import repository
 from weijian.alerts.flows import EvaluationResult, evaluate_sites
@@ -23,18 +23,28 @@ log = logging.getLogger(__name__)
 
 EVALUATIONS = Counter("weijian_detector_evaluations_total", "Site evaluations", ["trigger"])
 EVALUATION_SECONDS = Histogram(
-    "weijian_detector_evaluation_seconds", "Time to evaluate a set of sites",
+    "weijian_detector_evaluation_seconds",
+    "Time to evaluate a set of sites",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 ALERT_CHANGES = Counter("weijian_alert_changes_total", "Alert transitions", ["kind"])
 
 
 class DetectionLoop:
-    """Runs the detectors on the sites whose devices just got data, and on every site periodically."""
+    """Runs the detectors on sites whose devices just got data, and on every site periodically."""
 
-    def __init__(self, *, database_url: str, pool: AsyncConnectionPool[AsyncConn],
-                 detectors: Sequence[Detector], clock: Clock, rng: random.Random, sign: str,
-                 scan_interval_s: float = 60.0, debounce_s: float = 0.1) -> None:
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        pool: AsyncConnectionPool[AsyncConn],
+        detectors: Sequence[Detector],
+        clock: Clock,
+        rng: random.Random,
+        sign: str,
+        scan_interval_s: float = 60.0,
+        debounce_s: float = 0.1,
+    ) -> None:
         self._database_url = database_url
         self._pool = pool
         self._detectors = detectors
@@ -49,14 +59,27 @@ class DetectionLoop:
     async def evaluate(self, site_ids: Sequence[str], trigger: str) -> EvaluationResult:
         started = time.monotonic()
         async with self._pool.connection() as conn:
-            result = await evaluate_sites(conn=conn, site_ids=site_ids, detectors=self._detectors,
-                                          now=self._clock.now(), rng=self._rng, sign=self._sign)
+            result = await evaluate_sites(
+                conn=conn,
+                site_ids=site_ids,
+                detectors=self._detectors,
+                now=self._clock.now(),
+                rng=self._rng,
+                sign=self._sign,
+            )
         EVALUATIONS.labels(trigger).inc(len(site_ids))
         EVALUATION_SECONDS.observe(time.monotonic() - started)
         for change in result.changes:
             ALERT_CHANGES.labels(change.kind).inc()
-            log.info("alert %s: #%d %s at %s/%s — %s", change.kind, change.alert_id, change.rule,
-                     change.site_id, change.device_id or "-", change.summary)
+            log.info(
+                "alert %s: #%d %s at %s/%s — %s",
+                change.kind,
+                change.alert_id,
+                change.rule,
+                change.site_id,
+                change.device_id or "-",
+                change.summary,
+            )
         return result
 
     async def listen(self) -> None:
@@ -71,10 +94,12 @@ class DetectionLoop:
                     async for note in conn.notifies():
                         self._pending.update(orjson.loads(note.payload))
                         self._wakeup.set()
-            except (OSError, Exception) as exc:  # noqa: BLE001 - any loss: reconnect with backoff
+            except (OSError, Exception) as exc:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
-                log.warning("detector listener lost the database (%s); retrying in %.0f s", exc, delay)
+                log.warning(
+                    "detector listener lost the database (%s); retrying in %.0f s", exc, delay
+                )
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 30.0)
 

@@ -35,13 +35,22 @@ async def get_alert(*, conn: AsyncConn, alert_id: int) -> Alert | None:
 
 
 async def lock_alert(*, conn: AsyncConn, alert_id: int) -> dict[str, Any] | None:
-    cur = await conn.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE id = %s FOR UPDATE", (alert_id,))
+    cur = await conn.execute(
+        f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE id = %s FOR UPDATE", (alert_id,)
+    )
     return await cur.fetchone()
 
 
-async def list_alerts(*, conn: AsyncConn, status: str | None = None, site_id: str | None = None,
-                      rule: str | None = None, site_ids: Sequence[str] | None = None,
-                      since: datetime | None = None, limit: int = 200) -> list[Alert]:
+async def list_alerts(
+    *,
+    conn: AsyncConn,
+    status: str | None = None,
+    site_id: str | None = None,
+    rule: str | None = None,
+    site_ids: Sequence[str] | None = None,
+    since: datetime | None = None,
+    limit: int = 200,
+) -> list[Alert]:
     cur = await conn.execute(
         f"SELECT {_ALERT_COLUMNS} FROM alerts"
         " WHERE (%(status)s::text IS NULL OR status = %(status)s)"
@@ -50,15 +59,22 @@ async def list_alerts(*, conn: AsyncConn, status: str | None = None, site_id: st
         "   AND (%(ids)s::text[] IS NULL OR site_id = ANY(%(ids)s))"
         "   AND (%(since)s::timestamptz IS NULL OR detected_at >= %(since)s)"
         " ORDER BY detected_at DESC, id DESC LIMIT %(limit)s",
-        {"status": status, "site": site_id, "rule": rule, "limit": limit, "since": since,
-         "ids": None if site_ids is None else list(site_ids)},
+        {
+            "status": status,
+            "site": site_id,
+            "rule": rule,
+            "limit": limit,
+            "since": since,
+            "ids": None if site_ids is None else list(site_ids),
+        },
     )
     return [Alert.model_validate(r) for r in await cur.fetchall()]
 
 
 async def episode_seen(*, conn: AsyncConn, fingerprint: str, episode: str) -> bool:
     cur = await conn.execute(
-        "SELECT 1 FROM alert_episodes WHERE fingerprint = %s AND episode = %s", (fingerprint, episode)
+        "SELECT 1 FROM alert_episodes WHERE fingerprint = %s AND episode = %s",
+        (fingerprint, episode),
     )
     return await cur.fetchone() is not None
 
@@ -87,13 +103,24 @@ async def update_alert(*, conn: AsyncConn, alert_id: int, values: dict[str, Any]
     if "details" in values:
         values = {**values, "details": Jsonb(values["details"])}
     assignments = ", ".join(f"{k} = %({k})s" for k in values)
-    await conn.execute(f"UPDATE alerts SET {assignments} WHERE id = %(_id)s", {**values, "_id": alert_id})
+    await conn.execute(
+        f"UPDATE alerts SET {assignments} WHERE id = %(_id)s", {**values, "_id": alert_id}
+    )
 
 
-async def add_history(*, conn: AsyncConn, alert_id: int, action: str, actor: str,
-                      from_status: str | None, to_status: str | None, severity: str | None,
-                      at: datetime, note: str | None = None,
-                      details: dict[str, Any] | None = None) -> None:
+async def add_history(
+    *,
+    conn: AsyncConn,
+    alert_id: int,
+    action: str,
+    actor: str,
+    from_status: str | None,
+    to_status: str | None,
+    severity: str | None,
+    at: datetime,
+    note: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
     await conn.execute(
         "INSERT INTO alert_history (alert_id, at, action, from_status, to_status, severity, actor,"
         " note, details) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
@@ -119,9 +146,17 @@ async def active_silences(*, conn: AsyncConn, at: datetime) -> list[dict[str, An
     return list(await cur.fetchall())
 
 
-async def insert_silence(*, conn: AsyncConn, site_id: str | None, device_id: str | None,
-                         rule: str | None, starts_at: datetime, ends_at: datetime, reason: str,
-                         created_by: str) -> int:
+async def insert_silence(
+    *,
+    conn: AsyncConn,
+    site_id: str | None,
+    device_id: str | None,
+    rule: str | None,
+    starts_at: datetime,
+    ends_at: datetime,
+    reason: str,
+    created_by: str,
+) -> int:
     cur = await conn.execute(
         "INSERT INTO silences (site_id, device_id, rule, starts_at, ends_at, reason, created_by)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
@@ -167,8 +202,9 @@ async def all_site_ids(*, conn: AsyncConn) -> list[str]:
     return [str(r["id"]) for r in await cur.fetchall()]
 
 
-async def readings_between(*, conn: AsyncConn, device_ids: Sequence[str], start: datetime,
-                           end: datetime) -> list[Reading]:
+async def readings_between(
+    *, conn: AsyncConn, device_ids: Sequence[str], start: datetime, end: datetime
+) -> list[Reading]:
     cur = await conn.execute(
         "SELECT ts, device_id, metric, value, seq, received_at FROM readings"
         " WHERE device_id = ANY(%s) AND ts >= %s AND ts <= %s ORDER BY ts",
@@ -180,8 +216,9 @@ async def readings_between(*, conn: AsyncConn, device_ids: Sequence[str], start:
     ]
 
 
-async def events_between(*, conn: AsyncConn, device_ids: Sequence[str], start: datetime,
-                         end: datetime) -> list[Event]:
+async def events_between(
+    *, conn: AsyncConn, device_ids: Sequence[str], start: datetime, end: datetime
+) -> list[Event]:
     cur = await conn.execute(
         "SELECT ts, device_id, type, data, seq, received_at FROM events"
         " WHERE device_id = ANY(%s) AND ts >= %s AND ts <= %s ORDER BY ts",
@@ -196,7 +233,9 @@ async def events_between(*, conn: AsyncConn, device_ids: Sequence[str], start: d
 # -- read models for the API (wall) ----------------------------------------------------------
 
 
-async def active_by_site(*, conn: AsyncConn, site_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+async def active_by_site(
+    *, conn: AsyncConn, site_ids: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
     """Per site with active alerts: how many are firing / acknowledged, and the worst severity."""
     cur = await conn.execute(
         "SELECT site_id,"
@@ -212,8 +251,9 @@ async def active_by_site(*, conn: AsyncConn, site_ids: Sequence[str] | None = No
     return list(await cur.fetchall())
 
 
-async def count_detected_since(*, conn: AsyncConn, since: datetime,
-                               site_ids: Sequence[str] | None = None) -> dict[str, int]:
+async def count_detected_since(
+    *, conn: AsyncConn, since: datetime, site_ids: Sequence[str] | None = None
+) -> dict[str, int]:
     """Alerts detected since `since`, by severity."""
     cur = await conn.execute(
         "SELECT severity, count(*) AS n FROM alerts WHERE detected_at >= %(since)s"

@@ -68,7 +68,9 @@ def _inhibited(finding: Finding, offline: set[str]) -> bool:
     return finding.device_id in offline and finding.rule.startswith("data.")
 
 
-async def apply_findings(*, conn: AsyncConn, findings: Sequence[Finding], now: datetime) -> list[AlertChange]:
+async def apply_findings(
+    *, conn: AsyncConn, findings: Sequence[Finding], now: datetime
+) -> list[AlertChange]:
     """Reconcile findings with stored alerts, in the caller's transaction."""
     silences = await repository.active_silences(conn=conn, at=now)
     offline = await repository.offline_devices(conn=conn)
@@ -96,7 +98,8 @@ async def _fire(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChange
     seen_at = _evidence_time(finding, now)
     active = await repository.get_active(conn=conn, fingerprint=key)
     repeat = bool(finding.episode) and await repository.episode_seen(
-        conn=conn, fingerprint=key, episode=str(finding.episode))
+        conn=conn, fingerprint=key, episode=str(finding.episode)
+    )
     if repeat and (active is None or Severity(active["severity"]).rank >= finding.severity.rank):
         return None  # this episode was raised already (and has not grown more severe)
     evidence = {
@@ -127,40 +130,81 @@ async def _fire(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChange
             },
         )
         if finding.episode:
-            await repository.record_episode(conn=conn, fingerprint=key, episode=finding.episode, alert_id=alert_id)
+            await repository.record_episode(
+                conn=conn, fingerprint=key, episode=finding.episode, alert_id=alert_id
+            )
         await repository.add_history(
-            conn=conn, alert_id=alert_id, action="fired", actor=SYSTEM, from_status=None,
-            to_status=AlertStatus.FIRING.value, severity=finding.severity.value, at=now,
-            note=finding.summary, details={"episode": finding.episode, "value": finding.value},
+            conn=conn,
+            alert_id=alert_id,
+            action="fired",
+            actor=SYSTEM,
+            from_status=None,
+            to_status=AlertStatus.FIRING.value,
+            severity=finding.severity.value,
+            at=now,
+            note=finding.summary,
+            details={"episode": finding.episode, "value": finding.value},
         )
-        return AlertChange("fired", alert_id, finding.rule, finding.severity, finding.site_id,
-                           finding.device_id, finding.summary)
+        return AlertChange(
+            "fired",
+            alert_id,
+            finding.rule,
+            finding.severity,
+            finding.site_id,
+            finding.device_id,
+            finding.summary,
+        )
 
     alert_id = int(active["id"])
     current = Severity(active["severity"])
     if finding.episode is None and current.rank >= finding.severity.rank:
         # The same ongoing condition: refresh its evidence, no new occurrence.
-        await repository.update_alert(conn=conn, alert_id=alert_id,
-                                      values={"last_seen_at": max(seen_at, active["last_seen_at"]),
-                                              "clear_streak": 0, **evidence})
+        await repository.update_alert(
+            conn=conn,
+            alert_id=alert_id,
+            values={
+                "last_seen_at": max(seen_at, active["last_seen_at"]),
+                "clear_streak": 0,
+                **evidence,
+            },
+        )
         return None
-    values: dict[str, Any] = {"last_seen_at": max(seen_at, active["last_seen_at"]), "clear_streak": 0, **evidence}
+    values: dict[str, Any] = {
+        "last_seen_at": max(seen_at, active["last_seen_at"]),
+        "clear_streak": 0,
+        **evidence,
+    }
     if finding.episode and not repeat:
         values["occurrences"] = int(active["occurrences"]) + 1
-        await repository.record_episode(conn=conn, fingerprint=key, episode=finding.episode, alert_id=alert_id)
+        await repository.record_episode(
+            conn=conn, fingerprint=key, episode=finding.episode, alert_id=alert_id
+        )
     escalated = finding.severity.rank > current.rank
     if escalated:
         values["severity"] = finding.severity.value
     await repository.update_alert(conn=conn, alert_id=alert_id, values=values)
     await repository.add_history(
-        conn=conn, alert_id=alert_id, action="escalated" if escalated else "repeated", actor=SYSTEM,
-        from_status=active["status"], to_status=active["status"],
-        severity=(finding.severity if escalated else current).value, at=now, note=finding.summary,
+        conn=conn,
+        alert_id=alert_id,
+        action="escalated" if escalated else "repeated",
+        actor=SYSTEM,
+        from_status=active["status"],
+        to_status=active["status"],
+        severity=(finding.severity if escalated else current).value,
+        at=now,
+        note=finding.summary,
         details={"episode": finding.episode, "value": finding.value},
     )
     if escalated:
-        return AlertChange("escalated", alert_id, finding.rule, finding.severity, finding.site_id,
-                           finding.device_id, finding.summary)
+        return AlertChange(
+            "escalated",
+            alert_id,
+            finding.rule,
+            finding.severity,
+            finding.site_id,
+            finding.device_id,
+            finding.summary,
+        )
     return None
 
 
@@ -178,58 +222,115 @@ async def _clear(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChang
         await repository.update_alert(conn=conn, alert_id=alert_id, values={"clear_streak": streak})
         return None
     await repository.update_alert(
-        conn=conn, alert_id=alert_id,
-        values={"status": AlertStatus.RESOLVED.value, "resolved_at": now, "resolved_by": SYSTEM,
-                "clear_streak": streak},
+        conn=conn,
+        alert_id=alert_id,
+        values={
+            "status": AlertStatus.RESOLVED.value,
+            "resolved_at": now,
+            "resolved_by": SYSTEM,
+            "clear_streak": streak,
+        },
     )
     await repository.add_history(
-        conn=conn, alert_id=alert_id, action="resolved", actor=SYSTEM, from_status=active["status"],
-        to_status=AlertStatus.RESOLVED.value, severity=active["severity"], at=now,
+        conn=conn,
+        alert_id=alert_id,
+        action="resolved",
+        actor=SYSTEM,
+        from_status=active["status"],
+        to_status=AlertStatus.RESOLVED.value,
+        severity=active["severity"],
+        at=now,
         note=finding.summary or "condition cleared",
     )
-    return AlertChange("resolved", alert_id, active["rule"], Severity(active["severity"]),
-                       active["site_id"], active["device_id"], finding.summary)
+    return AlertChange(
+        "resolved",
+        alert_id,
+        active["rule"],
+        Severity(active["severity"]),
+        active["site_id"],
+        active["device_id"],
+        finding.summary,
+    )
 
 
-async def acknowledge(*, conn: AsyncConn, alert_id: int, actor: str, now: datetime, note: str | None = None) -> Alert:
+async def acknowledge(
+    *, conn: AsyncConn, alert_id: int, actor: str, now: datetime, note: str | None = None
+) -> Alert:
     """firing → acknowledged, by a person."""
     row = await repository.lock_alert(conn=conn, alert_id=alert_id)
     if row is None:
         raise AlertError(f"no alert {alert_id}")
     if row["status"] != AlertStatus.FIRING.value:
-        raise AlertError(f"alert {alert_id} is {row['status']}; only a firing alert can be acknowledged")
-    await repository.update_alert(conn=conn, alert_id=alert_id, values={
-        "status": AlertStatus.ACKNOWLEDGED.value, "acknowledged_at": now, "acknowledged_by": actor})
-    await repository.add_history(conn=conn, alert_id=alert_id, action="acknowledged", actor=actor,
-                                 from_status=row["status"], to_status=AlertStatus.ACKNOWLEDGED.value,
-                                 severity=row["severity"], at=now, note=note)
+        raise AlertError(
+            f"alert {alert_id} is {row['status']}; only a firing alert can be acknowledged"
+        )
+    await repository.update_alert(
+        conn=conn,
+        alert_id=alert_id,
+        values={
+            "status": AlertStatus.ACKNOWLEDGED.value,
+            "acknowledged_at": now,
+            "acknowledged_by": actor,
+        },
+    )
+    await repository.add_history(
+        conn=conn,
+        alert_id=alert_id,
+        action="acknowledged",
+        actor=actor,
+        from_status=row["status"],
+        to_status=AlertStatus.ACKNOWLEDGED.value,
+        severity=row["severity"],
+        at=now,
+        note=note,
+    )
     alert = await repository.get_alert(conn=conn, alert_id=alert_id)
     assert alert is not None
     return alert
 
 
-async def resolve(*, conn: AsyncConn, alert_id: int, actor: str, now: datetime, note: str | None = None) -> Alert:
+async def resolve(
+    *, conn: AsyncConn, alert_id: int, actor: str, now: datetime, note: str | None = None
+) -> Alert:
     """Resolve an alert by hand (e.g. after an on-site check)."""
     row = await repository.lock_alert(conn=conn, alert_id=alert_id)
     if row is None:
         raise AlertError(f"no alert {alert_id}")
     if row["status"] == AlertStatus.RESOLVED.value:
         raise AlertError(f"alert {alert_id} is already resolved")
-    await repository.update_alert(conn=conn, alert_id=alert_id, values={
-        "status": AlertStatus.RESOLVED.value, "resolved_at": now, "resolved_by": actor})
-    await repository.add_history(conn=conn, alert_id=alert_id, action="resolved", actor=actor,
-                                 from_status=row["status"], to_status=AlertStatus.RESOLVED.value,
-                                 severity=row["severity"], at=now, note=note)
+    await repository.update_alert(
+        conn=conn,
+        alert_id=alert_id,
+        values={"status": AlertStatus.RESOLVED.value, "resolved_at": now, "resolved_by": actor},
+    )
+    await repository.add_history(
+        conn=conn,
+        alert_id=alert_id,
+        action="resolved",
+        actor=actor,
+        from_status=row["status"],
+        to_status=AlertStatus.RESOLVED.value,
+        severity=row["severity"],
+        at=now,
+        note=note,
+    )
     alert = await repository.get_alert(conn=conn, alert_id=alert_id)
     assert alert is not None
     return alert
 
 
-async def list_alerts(*, conn: AsyncConn, status: str | None = None, site_id: str | None = None,
-                      rule: str | None = None, site_ids: Sequence[str] | None = None,
-                      limit: int = 200) -> list[Alert]:
-    return await repository.list_alerts(conn=conn, status=status, site_id=site_id, rule=rule,
-                                        site_ids=site_ids, limit=limit)
+async def list_alerts(
+    *,
+    conn: AsyncConn,
+    status: str | None = None,
+    site_id: str | None = None,
+    rule: str | None = None,
+    site_ids: Sequence[str] | None = None,
+    limit: int = 200,
+) -> list[Alert]:
+    return await repository.list_alerts(
+        conn=conn, status=status, site_id=site_id, rule=rule, site_ids=site_ids, limit=limit
+    )
 
 
 async def get_alert(*, conn: AsyncConn, alert_id: int) -> Alert | None:
@@ -243,12 +344,15 @@ async def alert_history(*, conn: AsyncConn, alert_id: int) -> list[dict[str, Any
 # -- reads for the API (wall) ----------------------------------------------------------------
 
 
-async def active_by_site(*, conn: AsyncConn, site_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Sites with active alerts: counts by status and the worst severity (the wall's site colours)."""
+async def active_by_site(
+    *, conn: AsyncConn, site_ids: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Sites with active alerts: counts by status and the worst severity (the wall's colours)."""
     return await repository.active_by_site(conn=conn, site_ids=site_ids)
 
 
-async def count_detected_since(*, conn: AsyncConn, since: datetime,
-                               site_ids: Sequence[str] | None = None) -> dict[str, int]:
+async def count_detected_since(
+    *, conn: AsyncConn, since: datetime, site_ids: Sequence[str] | None = None
+) -> dict[str, int]:
     """Alerts detected since a time, by severity (今日告警)."""
     return await repository.count_detected_since(conn=conn, since=since, site_ids=site_ids)

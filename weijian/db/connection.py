@@ -11,7 +11,9 @@ from psycopg_pool import AsyncConnectionPool
 AsyncConn = AsyncConnection[DictRow]
 
 
-async def open_pool(database_url: str, *, min_size: int = 1, max_size: int = 10) -> AsyncConnectionPool[AsyncConn]:
+async def open_pool(
+    database_url: str, *, min_size: int = 1, max_size: int = 10
+) -> AsyncConnectionPool[AsyncConn]:
     """An open async pool whose connections return rows as dicts."""
     pool: AsyncConnectionPool[AsyncConn] = AsyncConnectionPool(
         database_url,

@@ -34,7 +34,7 @@ class MigrationError(RuntimeError):
 def available() -> list[Migration]:
     """The migrations shipped with the package, in order."""
     folder = resources.files("weijian.db") / "migrations"
-    files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
     return [Migration(f.name.removesuffix(".sql"), f.read_text(encoding="utf-8")) for f in files]
 
 
@@ -67,7 +67,8 @@ def migrate(database_url: str, *, create: bool = True) -> list[str]:
                 " version text PRIMARY KEY, checksum text NOT NULL,"
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            done = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+            rows = conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
+            done: dict[str, str] = {str(v): str(c) for v, c in rows}
             for migration in available():
                 if migration.version in done:
                     if done[migration.version] != migration.checksum:

@@ -64,7 +64,11 @@ class DynamicSecurity:
         role = role_name(device_id)
         self.run(
             [
-                {"command": "createRole", "rolename": role, "acls": device_acls(self._topic_root, device_id)},
+                {
+                    "command": "createRole",
+                    "rolename": role,
+                    "acls": device_acls(self._topic_root, device_id),
+                },
                 {
                     "command": "createClient",
                     "username": device_id,
@@ -89,7 +93,9 @@ class DynamicSecurity:
             ignore_missing=True,
         )
 
-    def run(self, commands: list[dict[str, Any]], *, ignore_missing: bool = False) -> list[dict[str, Any]]:
+    def run(
+        self, commands: list[dict[str, Any]], *, ignore_missing: bool = False
+    ) -> list[dict[str, Any]]:
         """Send commands in one message; raise BrokerError naming the first refused one."""
         correlation = uuid.uuid4().hex
         for i, command in enumerate(commands):
@@ -114,7 +120,11 @@ class DynamicSecurity:
 
         def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
             body = orjson.loads(msg.payload)
-            mine = [r for r in body.get("responses", []) if str(r.get("correlationData", "")).startswith(correlation)]
+            mine = [
+                r
+                for r in body.get("responses", [])
+                if str(r.get("correlationData", "")).startswith(correlation)
+            ]
             if mine:
                 answer["responses"] = mine
                 done.set()
@@ -125,11 +135,15 @@ class DynamicSecurity:
         try:
             client.connect(self._target.host, self._target.port, keepalive=30)
         except OSError as exc:
-            raise BrokerError(f"cannot reach the broker at {self._target.public_url}: {exc}") from exc
+            raise BrokerError(
+                f"cannot reach the broker at {self._target.public_url}: {exc}"
+            ) from exc
         client.loop_start()
         try:
             if not done.wait(self._timeout):
-                raise BrokerError(f"no answer from the broker's dynamic-security API in {self._timeout:g} s")
+                raise BrokerError(
+                    f"no answer from the broker's dynamic-security API in {self._timeout:g} s"
+                )
         finally:
             client.disconnect()
             client.loop_stop()

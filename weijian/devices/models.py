@@ -17,7 +17,8 @@ _PHONE = re.compile(r"^\+?[0-9][0-9-]{4,19}$")
 def check_id(value: str) -> str:
     if not _ID.match(value):
         raise ValueError(
-            f"invalid id {value!r}: use 2-63 lowercase letters, digits and '-' (it is an MQTT username)"
+            f"invalid id {value!r}: use 2-63 lowercase letters, digits and '-' "
+            "(it is an MQTT username)"
         )
     return value
 

@@ -17,9 +17,18 @@ _DEVICE_COLUMNS = (
 )
 
 
-async def insert_site(*, conn: AsyncConn, site_id: str, name: str, kind: str, district: str,
-                      address: str | None, lat: float | None, lon: float | None,
-                      phones: Sequence[str]) -> Site:
+async def insert_site(
+    *,
+    conn: AsyncConn,
+    site_id: str,
+    name: str,
+    kind: str,
+    district: str,
+    address: str | None,
+    lat: float | None,
+    lon: float | None,
+    phones: Sequence[str],
+) -> Site:
     cur = await conn.execute(
         f"INSERT INTO sites (id, name, kind, district, address, lat, lon, phones)"
         f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_SITE_COLUMNS}",
@@ -36,8 +45,9 @@ async def get_site(*, conn: AsyncConn, site_id: str) -> Site | None:
     return None if row is None else Site.model_validate(row)
 
 
-async def list_sites(*, conn: AsyncConn, district: str | None = None,
-                     site_ids: Sequence[str] | None = None) -> list[Site]:
+async def list_sites(
+    *, conn: AsyncConn, district: str | None = None, site_ids: Sequence[str] | None = None
+) -> list[Site]:
     cur = await conn.execute(
         f"SELECT {_SITE_COLUMNS} FROM sites"
         " WHERE (%(district)s::text IS NULL OR district = %(district)s)"
@@ -57,8 +67,9 @@ async def set_site_profile(*, conn: AsyncConn, site_id: str, profile: dict[str, 
     await conn.execute("UPDATE sites SET profile = %s WHERE id = %s", (Jsonb(profile), site_id))
 
 
-async def insert_device(*, conn: AsyncConn, device_id: str, site_id: str, kind: str,
-                        name: str | None, interval_s: int) -> Device:
+async def insert_device(
+    *, conn: AsyncConn, device_id: str, site_id: str, kind: str, name: str | None, interval_s: int
+) -> Device:
     cur = await conn.execute(
         f"INSERT INTO devices (id, site_id, kind, name, interval_s, credentials_issued_at)"
         f" VALUES (%s, %s, %s, %s, %s, now()) RETURNING {_DEVICE_COLUMNS}",
@@ -75,8 +86,9 @@ async def get_device(*, conn: AsyncConn, device_id: str) -> Device | None:
     return None if row is None else Device.model_validate(row)
 
 
-async def list_devices(*, conn: AsyncConn, site_id: str | None = None,
-                       site_ids: Sequence[str] | None = None) -> list[Device]:
+async def list_devices(
+    *, conn: AsyncConn, site_id: str | None = None, site_ids: Sequence[str] | None = None
+) -> list[Device]:
     cur = await conn.execute(
         f"SELECT {_DEVICE_COLUMNS} FROM devices"
         " WHERE (%(site)s::text IS NULL OR site_id = %(site)s)"
@@ -100,8 +112,15 @@ async def set_device_profile(*, conn: AsyncConn, device_id: str, profile: dict[s
 # -- read models for the API (wall, evidence charts) ---------------------------------------
 
 
-async def reading_series(*, conn: AsyncConn, device_id: str, metric: str, start: datetime,
-                         end: datetime, bucket: timedelta) -> list[dict[str, Any]]:
+async def reading_series(
+    *,
+    conn: AsyncConn,
+    device_id: str,
+    metric: str,
+    start: datetime,
+    end: datetime,
+    bucket: timedelta,
+) -> list[dict[str, Any]]:
     """One metric of one device in [start, end), aggregated per `time_bucket`."""
     cur = await conn.execute(
         "SELECT time_bucket(%(bucket)s, ts) AS ts, avg(value) AS avg, min(value) AS min,"
@@ -113,7 +132,9 @@ async def reading_series(*, conn: AsyncConn, device_id: str, metric: str, start:
     return list(await cur.fetchall())
 
 
-async def presence_counts(*, conn: AsyncConn, site_ids: Sequence[str] | None = None) -> dict[str, int]:
+async def presence_counts(
+    *, conn: AsyncConn, site_ids: Sequence[str] | None = None
+) -> dict[str, int]:
     """Registered devices and those currently online (a device never heard from is not online)."""
     cur = await conn.execute(
         "SELECT count(*) AS registered, count(*) FILTER (WHERE online) AS online FROM devices"

@@ -39,8 +39,15 @@ async def add_site(*, conn: AsyncConn, new: SiteCreate) -> Site:
     if await repository.site_exists(conn=conn, site_id=site_id):
         raise RegistryError(f"site {site_id!r} already exists")
     return await repository.insert_site(
-        conn=conn, site_id=site_id, name=new.name, kind=new.kind.value, district=new.district,
-        address=new.address, lat=new.lat, lon=new.lon, phones=new.phones,
+        conn=conn,
+        site_id=site_id,
+        name=new.name,
+        kind=new.kind.value,
+        district=new.district,
+        address=new.address,
+        lat=new.lat,
+        lon=new.lon,
+        phones=new.phones,
     )
 
 
@@ -48,8 +55,9 @@ def device_topics(topic_root: str, device_id: str) -> dict[str, str]:
     return {ch: topic(topic_root, device_id, ch) for ch in ("telemetry", "events", "status")}
 
 
-async def add_device(*, conn: AsyncConn, new: DeviceCreate, store: CredentialStore,
-                     topic_root: str, broker_url: str) -> tuple[Device, DeviceCredentials]:
+async def add_device(
+    *, conn: AsyncConn, new: DeviceCreate, store: CredentialStore, topic_root: str, broker_url: str
+) -> tuple[Device, DeviceCredentials]:
     """Register a device and issue its broker credentials and ACL.
 
     The row is written in the caller's transaction and the broker account is created before
@@ -68,7 +76,11 @@ async def add_device(*, conn: AsyncConn, new: DeviceCreate, store: CredentialSto
     if await repository.get_device(conn=conn, device_id=device_id) is not None:
         raise RegistryError(f"device {device_id!r} already exists")
     device = await repository.insert_device(
-        conn=conn, device_id=device_id, site_id=site.id, kind=new.kind.value, name=new.name,
+        conn=conn,
+        device_id=device_id,
+        site_id=site.id,
+        kind=new.kind.value,
+        name=new.name,
         interval_s=new.interval_s or spec.interval_s,
     )
     password = new_password()
@@ -79,8 +91,9 @@ async def add_device(*, conn: AsyncConn, new: DeviceCreate, store: CredentialSto
     )
 
 
-async def rotate_credentials(*, conn: AsyncConn, device_id: str, store: CredentialStore,
-                             topic_root: str, broker_url: str) -> DeviceCredentials:
+async def rotate_credentials(
+    *, conn: AsyncConn, device_id: str, store: CredentialStore, topic_root: str, broker_url: str
+) -> DeviceCredentials:
     """Issue a new password for a device; its open sessions are closed."""
     device = await repository.get_device(conn=conn, device_id=device_id)
     if device is None:
@@ -89,7 +102,10 @@ async def rotate_credentials(*, conn: AsyncConn, device_id: str, store: Credenti
     store.set_password(device_id, password)
     await repository.mark_credentials_issued(conn=conn, device_id=device_id, at=datetime.now(UTC))
     return DeviceCredentials(
-        device_id=device_id, username=device_id, password=password, broker=broker_url,
+        device_id=device_id,
+        username=device_id,
+        password=password,
+        broker=broker_url,
         topics=device_topics(topic_root, device_id),
     )
 
@@ -113,23 +129,35 @@ async def get_device(*, conn: AsyncConn, device_id: str) -> Device | None:
 # -- reads for the API, scoped to the sites a user may see (None: every site) ----------------
 
 
-async def list_sites_in(*, conn: AsyncConn, site_ids: Sequence[str] | None,
-                        district: str | None = None) -> list[Site]:
+async def list_sites_in(
+    *, conn: AsyncConn, site_ids: Sequence[str] | None, district: str | None = None
+) -> list[Site]:
     return await repository.list_sites(conn=conn, district=district, site_ids=site_ids)
 
 
-async def list_devices_in(*, conn: AsyncConn, site_ids: Sequence[str] | None,
-                          site_id: str | None = None) -> list[Device]:
+async def list_devices_in(
+    *, conn: AsyncConn, site_ids: Sequence[str] | None, site_id: str | None = None
+) -> list[Device]:
     return await repository.list_devices(conn=conn, site_id=site_id, site_ids=site_ids)
 
 
-async def reading_series(*, conn: AsyncConn, device_id: str, metric: str, start: datetime,
-                         end: datetime, bucket: timedelta) -> list[dict[str, Any]]:
+async def reading_series(
+    *,
+    conn: AsyncConn,
+    device_id: str,
+    metric: str,
+    start: datetime,
+    end: datetime,
+    bucket: timedelta,
+) -> list[dict[str, Any]]:
     """avg/min/max/count of one metric per time bucket (evidence charts)."""
-    return await repository.reading_series(conn=conn, device_id=device_id, metric=metric,
-                                           start=start, end=end, bucket=bucket)
+    return await repository.reading_series(
+        conn=conn, device_id=device_id, metric=metric, start=start, end=end, bucket=bucket
+    )
 
 
-async def presence_counts(*, conn: AsyncConn, site_ids: Sequence[str] | None = None) -> dict[str, int]:
+async def presence_counts(
+    *, conn: AsyncConn, site_ids: Sequence[str] | None = None
+) -> dict[str, int]:
     """{"registered": n, "online": m} for 在线率."""
     return await repository.presence_counts(conn=conn, site_ids=site_ids)

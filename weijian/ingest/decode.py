@@ -44,7 +44,7 @@ def parse_topic(topic: str, root: str) -> Topic:
     prefix = root + "/"
     if not topic.startswith(prefix):
         raise Rejected(f"topic {topic!r} is outside {root}/")
-    parts = topic[len(prefix):].split("/")
+    parts = topic[len(prefix) :].split("/")
     if len(parts) != 2 or not parts[0]:
         raise Rejected(f"topic {topic!r} is not {root}/{{device_id}}/{{channel}}")
     device_id, channel = parts
@@ -106,8 +106,9 @@ def _check_device_field(item: Mapping[str, Any], device_id: str) -> None:
         raise Rejected(f"payload device_id {claimed!r} is not the topic's {device_id!r}")
 
 
-def _reading_item(item: Any, device_id: str, kind: DeviceKind, received_at: datetime,
-                  max_offset: timedelta) -> list[Reading]:
+def _reading_item(
+    item: Any, device_id: str, kind: DeviceKind, received_at: datetime, max_offset: timedelta
+) -> list[Reading]:
     if not isinstance(item, dict):
         raise Rejected("a reading must be a JSON object")
     _check_device_field(item, device_id)
@@ -120,7 +121,9 @@ def _reading_item(item: Any, device_id: str, kind: DeviceKind, received_at: date
     rows = []
     for name, raw in metrics.items():
         if name not in allowed:
-            raise Rejected(f"unknown metric {name!r} for a {kind.value}; one of {', '.join(sorted(allowed))}")
+            raise Rejected(
+                f"unknown metric {name!r} for a {kind.value}; one of {', '.join(sorted(allowed))}"
+            )
         rows.append(Reading(ts, device_id, name, _number(name, raw), seq, received_at))
     return rows
 
@@ -132,7 +135,12 @@ def _check_event_data(event_type: str, data: dict[str, Any]) -> None:
 
     def need_weight() -> None:
         weight = data.get("weight_kg")
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, int | float)
+            or not math.isfinite(weight)
+            or weight < 0
+        ):
             raise Rejected(f"{event_type} needs a non-negative number 'weight_kg'")
 
     if event_type == "bag_in":
@@ -149,8 +157,9 @@ def _check_event_data(event_type: str, data: dict[str, Any]) -> None:
         need_str("basket_id")
 
 
-def _event_item(item: Any, device_id: str, kind: DeviceKind, received_at: datetime,
-                max_offset: timedelta) -> Event:
+def _event_item(
+    item: Any, device_id: str, kind: DeviceKind, received_at: datetime, max_offset: timedelta
+) -> Event:
     if not isinstance(item, dict):
         raise Rejected("an event must be a JSON object")
     _check_device_field(item, device_id)
@@ -168,8 +177,9 @@ def _event_item(item: Any, device_id: str, kind: DeviceKind, received_at: dateti
     return Event(ts, device_id, event_type, data, seq, received_at)
 
 
-def decode(topic: Topic, kind: DeviceKind, payload: bytes, received_at: datetime,
-           max_offset: timedelta) -> Decoded:
+def decode(
+    topic: Topic, kind: DeviceKind, payload: bytes, received_at: datetime, max_offset: timedelta
+) -> Decoded:
     """Decode one message. Raises Rejected when the whole message is bad; items of an array
     that are bad on their own are returned in `rejected` while the good ones are kept."""
     try:

@@ -21,9 +21,22 @@ COMMIT_SECONDS = Histogram(
     "Time to write and commit one batch",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+# Gauges say how to combine worker processes (prometheus multiprocess mode, several ingest workers).
 LAG_SECONDS = Gauge(
-    "weijian_ingest_lag_seconds", "Receive → commit delay of the oldest message of the last batch"
+    "weijian_ingest_lag_seconds",
+    "Receive → commit delay of the oldest message of the last batch",
+    multiprocess_mode="livemax",
 )
-PENDING = Gauge("weijian_ingest_pending_messages", "Messages received and not yet committed")
-DB_RETRIES = Counter("weijian_ingest_db_retries_total", "Batch writes retried after a database error")
-CONNECTED = Gauge("weijian_ingest_broker_connected", "1 while the ingest is connected to the broker")
+PENDING = Gauge(
+    "weijian_ingest_pending_messages",
+    "Messages received and not yet committed",
+    multiprocess_mode="livesum",
+)
+DB_RETRIES = Counter(
+    "weijian_ingest_db_retries_total", "Batch writes retried after a database error"
+)
+CONNECTED = Gauge(
+    "weijian_ingest_broker_connected",
+    "Ingest sessions connected to the broker",
+    multiprocess_mode="livesum",
+)

@@ -65,44 +65,43 @@ def write_batch(
 ) -> BatchCounts:
     """Write one batch in one transaction; every resend is absorbed by the unique keys."""
     readings_new = events_new = 0
-    with conn.transaction():
-        with conn.cursor() as cur:
-            if readings:
-                with cur.copy(
-                    "COPY readings_stage (ts, device_id, metric, value, seq, received_at)"
-                    " FROM STDIN (FORMAT BINARY)"
-                ) as copy:
-                    copy.set_types(["timestamptz", "text", "text", "float8", "int8", "timestamptz"])
-                    for r in readings:
-                        copy.write_row((r.ts, r.device_id, r.metric, r.value, r.seq, r.received_at))
-                cur.execute(
-                    "INSERT INTO readings SELECT * FROM readings_stage"
-                    " ON CONFLICT (device_id, metric, ts) DO NOTHING"
-                )
-                readings_new = cur.rowcount
-            if events:
-                with cur.copy(
-                    "COPY events_stage (ts, device_id, type, data, seq, received_at)"
-                    " FROM STDIN (FORMAT BINARY)"
-                ) as copy:
-                    copy.set_types(["timestamptz", "text", "text", "jsonb", "int8", "timestamptz"])
-                    for e in events:
-                        copy.write_row((e.ts, e.device_id, e.type, Jsonb(e.data), e.seq, e.received_at))
-                cur.execute(
-                    "INSERT INTO events SELECT * FROM events_stage"
-                    " ON CONFLICT (device_id, type, ts) DO NOTHING"
-                )
-                events_new = cur.rowcount
-            if dead:
-                cur.executemany(
-                    "INSERT INTO dead_letters (topic, device_id, reason, payload, payload_size)"
-                    " VALUES (%s, %s, %s, %s, %s)",
-                    [(d.topic, d.device_id, d.reason, d.payload, len(d.payload)) for d in dead],
-                )
-            if presence:
-                _update_presence(cur, presence)
-            for payload in _notify_payloads(p.device_id for p in presence):
-                cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
+    with conn.transaction(), conn.cursor() as cur:
+        if readings:
+            with cur.copy(
+                "COPY readings_stage (ts, device_id, metric, value, seq, received_at)"
+                " FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(["timestamptz", "text", "text", "float8", "int8", "timestamptz"])
+                for r in readings:
+                    copy.write_row((r.ts, r.device_id, r.metric, r.value, r.seq, r.received_at))
+            cur.execute(
+                "INSERT INTO readings SELECT * FROM readings_stage"
+                " ON CONFLICT (device_id, metric, ts) DO NOTHING"
+            )
+            readings_new = cur.rowcount
+        if events:
+            with cur.copy(
+                "COPY events_stage (ts, device_id, type, data, seq, received_at)"
+                " FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(["timestamptz", "text", "text", "jsonb", "int8", "timestamptz"])
+                for e in events:
+                    copy.write_row((e.ts, e.device_id, e.type, Jsonb(e.data), e.seq, e.received_at))
+            cur.execute(
+                "INSERT INTO events SELECT * FROM events_stage"
+                " ON CONFLICT (device_id, type, ts) DO NOTHING"
+            )
+            events_new = cur.rowcount
+        if dead:
+            cur.executemany(
+                "INSERT INTO dead_letters (topic, device_id, reason, payload, payload_size)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                [(d.topic, d.device_id, d.reason, d.payload, len(d.payload)) for d in dead],
+            )
+        if presence:
+            _update_presence(cur, presence)
+        for payload in _notify_payloads(p.device_id for p in presence):
+            cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
     return BatchCounts(readings_new, events_new)
 
 

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -26,7 +26,7 @@ from weijian.config import Settings
 from weijian.devices.kinds import DeviceKind
 from weijian.ingest import metrics
 from weijian.ingest import repository as repo
-from weijian.ingest.decode import Rejected, decode, parse_topic
+from weijian.ingest.decode import Decoded, Rejected, decode, parse_topic
 from weijian.mqtt import new_client
 from weijian.telemetry import Event, Reading
 
@@ -73,7 +73,8 @@ class TelemetryIngestor:
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._kinds: dict[str, DeviceKind] = {}
-        self._kinds_loaded = 0.0
+        self._kinds_loaded = float("-inf")
+        self._batch_started = 0.0
         self._max_offset = timedelta(days=settings.ingest_max_clock_offset_days)
         self._on_commit = on_commit
         self.stats = IngestStats()
@@ -81,14 +82,16 @@ class TelemetryIngestor:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
-        self._writer = threading.Thread(target=self._write_loop, name=f"ingest-writer-{worker_index}")
+        self._writer = threading.Thread(
+            target=self._write_loop, name=f"ingest-writer-{worker_index}"
+        )
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
         """Connect to the broker and start the network and writer threads."""
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self._settings.mqtt_session_expiry_s
         props.ReceiveMaximum = _RECEIVE_MAXIMUM
         target = self._settings.mqtt
@@ -119,9 +122,13 @@ class TelemetryIngestor:
         metrics.CONNECTED.set(1)
         self._connected.set()
         group = self._settings.mqtt_share_group
-        subs = [(f"$share/{group}/{self._root}/+/{ch}", 1) for ch in ("telemetry", "events", "status")]
+        subs = [
+            (f"$share/{group}/{self._root}/+/{ch}", 1) for ch in ("telemetry", "events", "status")
+        ]
         client.subscribe(subs)
-        log.info("ingest %s connected (session present: %s)", self._client_id, flags.session_present)
+        log.info(
+            "ingest %s connected (session present: %s)", self._client_id, flags.session_present
+        )
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         metrics.CONNECTED.set(0)
@@ -130,7 +137,7 @@ class TelemetryIngestor:
             log.warning("ingest %s lost the broker (%s); reconnecting", self._client_id, reason)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        self._queue.put(Inbound(msg.topic, msg.payload, msg.mid, msg.qos, time.monotonic()))
+        self._queue.put(Inbound(msg.topic, bytes(msg.payload), msg.mid, msg.qos, time.monotonic()))
         metrics.PENDING.inc()
 
     # -- writer thread ---------------------------------------------------------------------
@@ -150,7 +157,11 @@ class TelemetryIngestor:
             while len(batch) < batch_max:
                 remaining = deadline - time.monotonic()
                 try:
-                    batch.append(self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else self._queue.get_nowait())
+                    batch.append(
+                        self._queue.get(timeout=max(remaining, 0))
+                        if remaining > 0
+                        else self._queue.get_nowait()
+                    )
                 except queue.Empty:
                     break
             self._commit_with_retry(batch)
@@ -163,7 +174,12 @@ class TelemetryIngestor:
                 return
             except psycopg.OperationalError as exc:
                 metrics.DB_RETRIES.inc()
-                log.warning("database unavailable (%s); retrying %d messages in %.1f s", exc, len(batch), delay)
+                log.warning(
+                    "database unavailable (%s); retrying %d messages in %.1f s",
+                    exc,
+                    len(batch),
+                    delay,
+                )
                 if self._conn is not None:
                     self._conn.close()
                     self._conn = None
@@ -172,42 +188,48 @@ class TelemetryIngestor:
 
     def _connection(self) -> psycopg.Connection[tuple[Any, ...]]:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._settings.database_url, application_name=self._client_id)
+            self._conn = psycopg.connect(
+                self._settings.database_url, application_name=self._client_id
+            )
             repo.prepare(self._conn)
-            self._kinds_loaded = 0.0
+            self._kinds_loaded = float("-inf")
         return self._conn
 
-    def _kind_of(self, conn: psycopg.Connection[tuple[Any, ...]], device_id: str) -> DeviceKind | None:
+    def _kind_of(
+        self, conn: psycopg.Connection[tuple[Any, ...]], device_id: str
+    ) -> DeviceKind | None:
         now = time.monotonic()
-        if device_id not in self._kinds or now - self._kinds_loaded > _REGISTRY_REFRESH_S:
-            if now - self._kinds_loaded > 1.0 or not self._kinds:
-                self._kinds = {d: DeviceKind(k) for d, k in repo.device_kinds(conn).items()}
-                self._kinds_loaded = now
+        stale = now - self._kinds_loaded > _REGISTRY_REFRESH_S
+        # An unknown id reloads the registry once per batch at most (a new device, or junk).
+        missing = device_id not in self._kinds and self._kinds_loaded < self._batch_started
+        if stale or missing:
+            self._kinds = {d: DeviceKind(k) for d, k in repo.device_kinds(conn).items()}
+            self._kinds_loaded = now
         return self._kinds.get(device_id)
 
     def _commit(self, batch: list[Inbound]) -> None:
-        started = time.monotonic()
+        started = self._batch_started = time.monotonic()
         conn = self._connection()
-        received_at = self._clock.now()
-        readings: list[Reading] = []
-        events: list[Event] = []
-        dead: list[repo.DeadLetter] = []
-        presence: dict[str, repo.Presence] = {}
+        rows = _BatchRows(self._clock.now())
         for inbound in batch:
-            self._decode_one(conn, inbound, received_at, readings, events, dead, presence)
+            self._decode_one(conn, inbound, rows)
         counts = repo.write_batch(
-            conn, readings=readings, events=events, dead=dead, presence=list(presence.values())
+            conn,
+            readings=rows.readings,
+            events=rows.events,
+            dead=rows.dead,
+            presence=list(rows.presence.values()),
         )
         for inbound in batch:
             if inbound.qos > 0:
                 self._client.ack(inbound.mid, inbound.qos)
-        self._account(batch, readings, events, dead, counts, started)
-        if self._on_commit is not None and presence:
-            self._on_commit(list(presence))
+        self._account(batch, rows, counts, started)
+        if self._on_commit is not None and rows.presence:
+            self._on_commit(list(rows.presence))
 
-    def _decode_one(self, conn: psycopg.Connection[tuple[Any, ...]], inbound: Inbound,
-                    received_at: Any, readings: list[Reading], events: list[Event],
-                    dead: list[repo.DeadLetter], presence: dict[str, repo.Presence]) -> None:
+    def _decode_one(
+        self, conn: psycopg.Connection[tuple[Any, ...]], inbound: Inbound, rows: _BatchRows
+    ) -> None:
         device_id: str | None = None
         try:
             if len(inbound.payload) > self._settings.ingest_max_payload_bytes:
@@ -220,43 +242,65 @@ class TelemetryIngestor:
             kind = self._kind_of(conn, device_id)
             if kind is None:
                 raise Rejected(f"unknown device {device_id!r}")
-            decoded = decode(topic, kind, inbound.payload, received_at, self._max_offset)
+            decoded = decode(topic, kind, inbound.payload, rows.received_at, self._max_offset)
         except Rejected as exc:
-            dead.append(repo.DeadLetter(inbound.topic, device_id, str(exc), inbound.payload))
+            rows.dead.append(repo.DeadLetter(inbound.topic, device_id, str(exc), inbound.payload))
             return
-        readings.extend(decoded.readings)
-        events.extend(decoded.events)
-        dead.extend(repo.DeadLetter(inbound.topic, device_id, reason, raw) for reason, raw in decoded.rejected)
-        old = presence.get(device_id)
-        heard = bool(decoded.readings or decoded.events)
-        presence[device_id] = repo.Presence(
-            device_id=device_id,
-            last_seen_at=received_at if heard or decoded.online is not None else (old.last_seen_at if old else None),
-            last_seq=_max_opt(decoded.max_seq, old.last_seq if old else None),
-            online=decoded.online if decoded.online is not None else (old.online if old else None),
-            status_at=received_at if decoded.online is not None else (old.status_at if old else None),
-        )
+        rows.add(inbound.topic, device_id, decoded)
 
-    def _account(self, batch: list[Inbound], readings: list[Reading], events: list[Event],
-                 dead: list[repo.DeadLetter], counts: repo.BatchCounts, started: float) -> None:
+    def _account(
+        self, batch: list[Inbound], rows: _BatchRows, counts: repo.BatchCounts, started: float
+    ) -> None:
         elapsed = time.monotonic() - started
         self.stats.messages += len(batch)
         self.stats.readings_new += counts.readings_new
         self.stats.events_new += counts.events_new
-        self.stats.dead_letters += len(dead)
+        self.stats.dead_letters += len(rows.dead)
         self.stats.batches += 1
         metrics.PENDING.dec(len(batch))
         metrics.MESSAGES.labels("all").inc(len(batch))
         metrics.READINGS.inc(counts.readings_new)
-        metrics.READINGS_DUPLICATE.inc(len(readings) - counts.readings_new)
+        metrics.READINGS_DUPLICATE.inc(len(rows.readings) - counts.readings_new)
         metrics.EVENTS.inc(counts.events_new)
-        metrics.DEAD_LETTERS.inc(len(dead))
+        metrics.DEAD_LETTERS.inc(len(rows.dead))
         metrics.BATCH_SIZE.observe(len(batch))
         metrics.COMMIT_SECONDS.observe(elapsed)
         metrics.LAG_SECONDS.set(time.monotonic() - batch[0].received_at_mono)
         log.debug(
             "batch committed messages=%d readings_new=%d events_new=%d dead=%d seconds=%.4f",
-            len(batch), counts.readings_new, counts.events_new, len(dead), elapsed,
+            len(batch),
+            counts.readings_new,
+            counts.events_new,
+            len(rows.dead),
+            elapsed,
+        )
+
+
+class _BatchRows:
+    """The rows, dead letters and presence updates one batch of messages yields."""
+
+    def __init__(self, received_at: datetime) -> None:
+        self.received_at = received_at
+        self.readings: list[Reading] = []
+        self.events: list[Event] = []
+        self.dead: list[repo.DeadLetter] = []
+        self.presence: dict[str, repo.Presence] = {}
+
+    def add(self, topic: str, device_id: str, decoded: Decoded) -> None:
+        self.readings.extend(decoded.readings)
+        self.events.extend(decoded.events)
+        self.dead.extend(
+            repo.DeadLetter(topic, device_id, why, raw) for why, raw in decoded.rejected
+        )
+        old = self.presence.get(device_id)
+        heard = bool(decoded.readings or decoded.events) or decoded.online is not None
+        status = decoded.online is not None
+        self.presence[device_id] = repo.Presence(
+            device_id=device_id,
+            last_seen_at=self.received_at if heard else (old.last_seen_at if old else None),
+            last_seq=_max_opt(decoded.max_seq, old.last_seq if old else None),
+            online=decoded.online if status else (old.online if old else None),
+            status_at=self.received_at if status else (old.status_at if old else None),
         )
 
 

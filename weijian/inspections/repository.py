@@ -29,8 +29,16 @@ async def open_task_for_site(*, conn: AsyncConn, site_id: str) -> Task | None:
     return None if row is None else Task.model_validate(row)
 
 
-async def insert_task(*, conn: AsyncConn, site_id: str, severity: str, title: str,
-                      inspectors: Sequence[str], opened_at: datetime, due_at: datetime) -> int:
+async def insert_task(
+    *,
+    conn: AsyncConn,
+    site_id: str,
+    severity: str,
+    title: str,
+    inspectors: Sequence[str],
+    opened_at: datetime,
+    due_at: datetime,
+) -> int:
     cur = await conn.execute(
         "INSERT INTO inspection_tasks (site_id, status, severity, title, inspectors, opened_at,"
         " due_at) VALUES (%s, 'assigned', %s, %s, %s, %s, %s) RETURNING id",
@@ -51,15 +59,26 @@ async def link_alert(*, conn: AsyncConn, task_id: int, alert_id: int) -> bool:
 
 async def update_task(*, conn: AsyncConn, task_id: int, values: dict[str, Any]) -> None:
     assignments = ", ".join(f"{k} = %({k})s" for k in values)
-    await conn.execute(f"UPDATE inspection_tasks SET {assignments} WHERE id = %(_id)s",
-                       {**values, "_id": task_id})
-
-
-async def add_history(*, conn: AsyncConn, task_id: int, action: str, actor: str,
-                      from_status: str | None, to_status: str | None, at: datetime,
-                      note: str | None = None, details: dict[str, Any] | None = None) -> None:
     await conn.execute(
-        "INSERT INTO task_history (task_id, at, action, from_status, to_status, actor, note, details)"
+        f"UPDATE inspection_tasks SET {assignments} WHERE id = %(_id)s", {**values, "_id": task_id}
+    )
+
+
+async def add_history(
+    *,
+    conn: AsyncConn,
+    task_id: int,
+    action: str,
+    actor: str,
+    from_status: str | None,
+    to_status: str | None,
+    at: datetime,
+    note: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO task_history"
+        " (task_id, at, action, from_status, to_status, actor, note, details)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
         (task_id, at, action, from_status, to_status, actor, note, Jsonb(details or {})),
     )
@@ -75,9 +94,15 @@ async def get_task(*, conn: AsyncConn, task_id: int, lock: bool = False) -> Task
     return None if row is None else Task.model_validate(row)
 
 
-async def list_tasks(*, conn: AsyncConn, status: str | None = None, site_id: str | None = None,
-                     inspector: str | None = None, site_ids: Sequence[str] | None = None,
-                     limit: int = 200) -> list[Task]:
+async def list_tasks(
+    *,
+    conn: AsyncConn,
+    status: str | None = None,
+    site_id: str | None = None,
+    inspector: str | None = None,
+    site_ids: Sequence[str] | None = None,
+    limit: int = 200,
+) -> list[Task]:
     cur = await conn.execute(
         f"SELECT {_COLUMNS} FROM inspection_tasks t"
         " WHERE (%(status)s::text IS NULL OR t.status = %(status)s)"
@@ -85,8 +110,13 @@ async def list_tasks(*, conn: AsyncConn, status: str | None = None, site_id: str
         "   AND (%(inspector)s::text IS NULL OR %(inspector)s = ANY(t.inspectors))"
         "   AND (%(ids)s::text[] IS NULL OR t.site_id = ANY(%(ids)s))"
         " ORDER BY t.opened_at DESC, t.id DESC LIMIT %(limit)s",
-        {"status": status, "site": site_id, "inspector": inspector, "limit": limit,
-         "ids": None if site_ids is None else list(site_ids)},
+        {
+            "status": status,
+            "site": site_id,
+            "inspector": inspector,
+            "limit": limit,
+            "ids": None if site_ids is None else list(site_ids),
+        },
     )
     return [Task.model_validate(r) for r in await cur.fetchall()]
 
@@ -130,10 +160,16 @@ async def kpi_counts(*, conn: AsyncConn, start: datetime, end: datetime) -> dict
     return {k: int(v) for k, v in row.items()}
 
 
-async def list_visible_tasks(*, conn: AsyncConn, site_ids: Sequence[str] | None,
-                             assigned_to: str | None = None, statuses: Sequence[str] | None = None,
-                             site_id: str | None = None, inspector: str | None = None,
-                             limit: int = 200) -> list[Task]:
+async def list_visible_tasks(
+    *,
+    conn: AsyncConn,
+    site_ids: Sequence[str] | None,
+    assigned_to: str | None = None,
+    statuses: Sequence[str] | None = None,
+    site_id: str | None = None,
+    inspector: str | None = None,
+    limit: int = 200,
+) -> list[Task]:
     """Tasks at `site_ids` (None: all sites) or assigned to `assigned_to`, with filters."""
     cur = await conn.execute(
         f"SELECT {_COLUMNS} FROM inspection_tasks t"
@@ -143,8 +179,13 @@ async def list_visible_tasks(*, conn: AsyncConn, site_ids: Sequence[str] | None,
         "   AND (%(site)s::text IS NULL OR t.site_id = %(site)s)"
         "   AND (%(inspector)s::text IS NULL OR %(inspector)s = ANY(t.inspectors))"
         " ORDER BY t.opened_at DESC, t.id DESC LIMIT %(limit)s",
-        {"ids": None if site_ids is None else list(site_ids), "assigned": assigned_to,
-         "statuses": None if statuses is None else list(statuses), "site": site_id,
-         "inspector": inspector, "limit": limit},
+        {
+            "ids": None if site_ids is None else list(site_ids),
+            "assigned": assigned_to,
+            "statuses": None if statuses is None else list(statuses),
+            "site": site_id,
+            "inspector": inspector,
+            "limit": limit,
+        },
     )
     return [Task.model_validate(r) for r in await cur.fetchall()]

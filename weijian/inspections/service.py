@@ -38,13 +38,23 @@ class TaskOutcome:
     due_at: datetime
 
 
-def draw_inspectors(roster: list[str], rng: random.Random, count: int = INSPECTORS_PER_TASK) -> list[str]:
+def draw_inspectors(
+    roster: list[str], rng: random.Random, count: int = INSPECTORS_PER_TASK
+) -> list[str]:
     """Draw `count` distinct inspectors at random (fewer if the roster is short)."""
     return sorted(rng.sample(roster, k=min(count, len(roster))))
 
 
-async def open_or_join(*, conn: AsyncConn, site_id: str, alert_id: int, severity: Severity,
-                       summary: str, now: datetime, rng: random.Random) -> TaskOutcome | None:
+async def open_or_join(
+    *,
+    conn: AsyncConn,
+    site_id: str,
+    alert_id: int,
+    severity: Severity,
+    summary: str,
+    now: datetime,
+    rng: random.Random,
+) -> TaskOutcome | None:
     """Link a serious alert to the site's open task, opening one if there is none."""
     if severity not in TASK_SEVERITIES:
         return None
@@ -55,11 +65,22 @@ async def open_or_join(*, conn: AsyncConn, site_id: str, alert_id: int, severity
             tighter = now + DUE_AFTER[severity]
             if tighter < due_at:
                 due_at = tighter
-                await repository.update_task(conn=conn, task_id=task.id,
-                                             values={"due_at": due_at, "severity": severity.value})
-            await repository.add_history(conn=conn, task_id=task.id, action="alert_joined", actor=SYSTEM,
-                                         from_status=task.status, to_status=task.status, at=now,
-                                         note=summary, details={"alert_id": alert_id, "due_at": due_at.isoformat()})
+                await repository.update_task(
+                    conn=conn,
+                    task_id=task.id,
+                    values={"due_at": due_at, "severity": severity.value},
+                )
+            await repository.add_history(
+                conn=conn,
+                task_id=task.id,
+                action="alert_joined",
+                actor=SYSTEM,
+                from_status=task.status,
+                to_status=task.status,
+                at=now,
+                note=summary,
+                details={"alert_id": alert_id, "due_at": due_at.isoformat()},
+            )
             return TaskOutcome(task.id, False, task.inspectors, due_at)
         return None
     site = await devices.get_site(conn=conn, site_id=site_id)
@@ -69,18 +90,38 @@ async def open_or_join(*, conn: AsyncConn, site_id: str, alert_id: int, severity
     inspectors = draw_inspectors(roster, rng)
     due_at = now + DUE_AFTER[severity]
     task_id = await repository.insert_task(
-        conn=conn, site_id=site_id, severity=severity.value, title=f"{site.name}：{summary}",
-        inspectors=inspectors, opened_at=now, due_at=due_at,
+        conn=conn,
+        site_id=site_id,
+        severity=severity.value,
+        title=f"{site.name}：{summary}",
+        inspectors=inspectors,
+        opened_at=now,
+        due_at=due_at,
     )
     await repository.link_alert(conn=conn, task_id=task_id, alert_id=alert_id)
-    note = None if len(inspectors) == INSPECTORS_PER_TASK else (
-        f"district {site.district} has {len(roster)} active inspector(s); {INSPECTORS_PER_TASK} are required"
+    note = (
+        None
+        if len(inspectors) == INSPECTORS_PER_TASK
+        else (
+            f"district {site.district} has {len(roster)} active inspector(s); "
+            f"{INSPECTORS_PER_TASK} are required"
+        )
     )
     await repository.add_history(
-        conn=conn, task_id=task_id, action="opened", actor=SYSTEM, from_status=None,
-        to_status=TaskStatus.ASSIGNED.value, at=now, note=note,
-        details={"alert_id": alert_id, "inspectors": inspectors, "roster_size": len(roster),
-                 "due_at": due_at.isoformat()},
+        conn=conn,
+        task_id=task_id,
+        action="opened",
+        actor=SYSTEM,
+        from_status=None,
+        to_status=TaskStatus.ASSIGNED.value,
+        at=now,
+        note=note,
+        details={
+            "alert_id": alert_id,
+            "inspectors": inspectors,
+            "roster_size": len(roster),
+            "due_at": due_at.isoformat(),
+        },
     )
     return TaskOutcome(task_id, True, inspectors, due_at)
 
@@ -92,9 +133,18 @@ _NEXT = {
 }
 
 
-async def transition(*, conn: AsyncConn, task_id: int, action: str, actor: str, now: datetime,
-                     note: str | None = None, conclusion: Conclusion | None = None,
-                     case_filed: bool = False, may_act_for_others: bool = False) -> Task:
+async def transition(
+    *,
+    conn: AsyncConn,
+    task_id: int,
+    action: str,
+    actor: str,
+    now: datetime,
+    note: str | None = None,
+    conclusion: Conclusion | None = None,
+    case_filed: bool = False,
+    may_act_for_others: bool = False,
+) -> Task:
     """Move a task one step on (start, conclude, close), recorded in its history."""
     if action not in _NEXT:
         raise TaskError(f"unknown action {action!r}; one of {', '.join(_NEXT)}")
@@ -117,8 +167,14 @@ async def transition(*, conn: AsyncConn, task_id: int, action: str, actor: str, 
         values["closed_at"] = now
     await repository.update_task(conn=conn, task_id=task_id, values=values)
     await repository.add_history(
-        conn=conn, task_id=task_id, action=action, actor=actor, from_status=task.status.value,
-        to_status=target.value, at=now, note=note,
+        conn=conn,
+        task_id=task_id,
+        action=action,
+        actor=actor,
+        from_status=task.status.value,
+        to_status=target.value,
+        at=now,
+        note=note,
         details={"conclusion": conclusion.value if conclusion else None, "case_filed": case_filed},
     )
     updated = await repository.get_task(conn=conn, task_id=task_id)
@@ -136,8 +192,15 @@ async def publish(*, conn: AsyncConn, task_id: int, actor: str, now: datetime) -
     if task.published_at is not None:
         raise TaskError(f"task {task_id} was published at {task.published_at.isoformat()}")
     await repository.update_task(conn=conn, task_id=task_id, values={"published_at": now})
-    await repository.add_history(conn=conn, task_id=task_id, action="published", actor=actor,
-                                 from_status=task.status.value, to_status=task.status.value, at=now)
+    await repository.add_history(
+        conn=conn,
+        task_id=task_id,
+        action="published",
+        actor=actor,
+        from_status=task.status.value,
+        to_status=task.status.value,
+        at=now,
+    )
     updated = await repository.get_task(conn=conn, task_id=task_id)
     assert updated is not None
     return updated
@@ -165,21 +228,40 @@ async def get_task(*, conn: AsyncConn, task_id: int) -> Task | None:
     return await repository.get_task(conn=conn, task_id=task_id)
 
 
-async def list_tasks(*, conn: AsyncConn, status: str | None = None, site_id: str | None = None,
-                     inspector: str | None = None, limit: int = 200) -> list[Task]:
-    return await repository.list_tasks(conn=conn, status=status, site_id=site_id,
-                                       inspector=inspector, limit=limit)
+async def list_tasks(
+    *,
+    conn: AsyncConn,
+    status: str | None = None,
+    site_id: str | None = None,
+    inspector: str | None = None,
+    limit: int = 200,
+) -> list[Task]:
+    return await repository.list_tasks(
+        conn=conn, status=status, site_id=site_id, inspector=inspector, limit=limit
+    )
 
 
 async def task_history(*, conn: AsyncConn, task_id: int) -> list[dict[str, object]]:
     return await repository.history(conn=conn, task_id=task_id)
 
 
-async def list_visible_tasks(*, conn: AsyncConn, site_ids: Sequence[str] | None,
-                             assigned_to: str | None = None, statuses: Sequence[str] | None = None,
-                             site_id: str | None = None, inspector: str | None = None,
-                             limit: int = 200) -> list[Task]:
+async def list_visible_tasks(
+    *,
+    conn: AsyncConn,
+    site_ids: Sequence[str] | None,
+    assigned_to: str | None = None,
+    statuses: Sequence[str] | None = None,
+    site_id: str | None = None,
+    inspector: str | None = None,
+    limit: int = 200,
+) -> list[Task]:
     """Tasks a user may see: those at `site_ids` (None: every site) plus those assigned to it."""
     return await repository.list_visible_tasks(
-        conn=conn, site_ids=site_ids, assigned_to=assigned_to, statuses=statuses, site_id=site_id,
-        inspector=inspector, limit=limit)
+        conn=conn,
+        site_ids=site_ids,
+        assigned_to=assigned_to,
+        statuses=statuses,
+        site_id=site_id,
+        inspector=inspector,
+        limit=limit,
+    )

@@ -18,8 +18,15 @@ log = logging.getLogger(__name__)
 class OutboxDispatcher:
     """Polls the outbox; every claimed row is sent and marked in one transaction."""
 
-    def __init__(self, *, pool: AsyncConnectionPool[AsyncConn], provider: SmsProvider, clock: Clock,
-                 rate_per_hour: int, interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        pool: AsyncConnectionPool[AsyncConn],
+        provider: SmsProvider,
+        clock: Clock,
+        rate_per_hour: int,
+        interval_s: float = 1.0,
+    ) -> None:
         self._pool = pool
         self._provider = provider
         self._clock = clock
@@ -28,8 +35,9 @@ class OutboxDispatcher:
 
     async def run_once(self) -> int:
         async with self._pool.connection() as conn, conn.transaction():
-            return await dispatch_due(conn=conn, provider=self._provider, now=self._clock.now(),
-                                      rate_per_hour=self._rate)
+            return await dispatch_due(
+                conn=conn, provider=self._provider, now=self._clock.now(), rate_per_hour=self._rate
+            )
 
     async def run(self) -> None:
         while True:

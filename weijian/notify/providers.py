@@ -52,17 +52,26 @@ class WebhookProvider:
 
     def send(self, message: OutgoingMessage) -> Delivery:
         try:
-            response = self._client.post(self._url, json={
-                "id": message.notification_id, "to": message.recipient, "text": message.body,
-                "template": message.template, "params": message.params,
-            })
+            response = self._client.post(
+                self._url,
+                json={
+                    "id": message.notification_id,
+                    "to": message.recipient,
+                    "text": message.body,
+                    "template": message.template,
+                    "params": message.params,
+                },
+            )
         except httpx.HTTPError as exc:
             return Delivery(ok=False, error=f"webhook unreachable: {exc}")
         if response.status_code >= 500:
             return Delivery(ok=False, error=f"webhook answered {response.status_code}")
         if response.status_code >= 400:
-            return Delivery(ok=False, error=f"webhook refused: {response.status_code} {response.text[:200]}",
-                            retryable=False)
+            return Delivery(
+                ok=False,
+                error=f"webhook refused: {response.status_code} {response.text[:200]}",
+                retryable=False,
+            )
         reference = None
         if response.headers.get("content-type", "").startswith("application/json"):
             body = response.json()

@@ -17,15 +17,35 @@ _COLUMNS = (
 )
 
 
-async def enqueue(*, conn: AsyncConn, recipient: str, recipient_name: str | None,
-                  recipient_role: str, template: str, body: str, params: dict[str, Any],
-                  alert_id: int | None, task_id: int | None, at: datetime) -> int:
+async def enqueue(
+    *,
+    conn: AsyncConn,
+    recipient: str,
+    recipient_name: str | None,
+    recipient_role: str,
+    template: str,
+    body: str,
+    params: dict[str, Any],
+    alert_id: int | None,
+    task_id: int | None,
+    at: datetime,
+) -> int:
     cur = await conn.execute(
         "INSERT INTO notifications (recipient, recipient_name, recipient_role, template, body,"
         " params, alert_id, task_id, created_at, next_attempt_at)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-        (recipient, recipient_name, recipient_role, template, body, Jsonb(params), alert_id,
-         task_id, at, at),
+        (
+            recipient,
+            recipient_name,
+            recipient_role,
+            template,
+            body,
+            Jsonb(params),
+            alert_id,
+            task_id,
+            at,
+            at,
+        ),
     )
     row = await cur.fetchone()
     assert row is not None
@@ -54,13 +74,20 @@ async def sent_since(*, conn: AsyncConn, recipient: str, since: datetime) -> int
 
 async def mark(*, conn: AsyncConn, notification_id: int, values: dict[str, Any]) -> None:
     assignments = ", ".join(f"{k} = %({k})s" for k in values)
-    await conn.execute(f"UPDATE notifications SET {assignments} WHERE id = %(_id)s",
-                       {**values, "_id": notification_id})
+    await conn.execute(
+        f"UPDATE notifications SET {assignments} WHERE id = %(_id)s",
+        {**values, "_id": notification_id},
+    )
 
 
-async def list_notifications(*, conn: AsyncConn, status: str | None = None,
-                             alert_id: int | None = None, task_id: int | None = None,
-                             limit: int = 200) -> list[Notification]:
+async def list_notifications(
+    *,
+    conn: AsyncConn,
+    status: str | None = None,
+    alert_id: int | None = None,
+    task_id: int | None = None,
+    limit: int = 200,
+) -> list[Notification]:
     cur = await conn.execute(
         f"SELECT {_COLUMNS} FROM notifications"
         " WHERE (%(status)s::text IS NULL OR status = %(status)s)"

@@ -10,9 +10,17 @@ from weijian.users.models import User
 _COLUMNS = "id, username, name, role, district, phone, site_ids, active, created_at"
 
 
-async def insert_user(*, conn: AsyncConn, username: str, name: str, role: str,
-                      district: str | None, phone: str | None, site_ids: Sequence[str],
-                      password_hash: str) -> User:
+async def insert_user(
+    *,
+    conn: AsyncConn,
+    username: str,
+    name: str,
+    role: str,
+    district: str | None,
+    phone: str | None,
+    site_ids: Sequence[str],
+    password_hash: str,
+) -> User:
     cur = await conn.execute(
         f"INSERT INTO users (username, name, role, district, phone, site_ids, password_hash)"
         f" VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
@@ -38,12 +46,14 @@ async def password_hash(*, conn: AsyncConn, username: str) -> str | None:
 
 
 async def set_password_hash(*, conn: AsyncConn, username: str, password_hash: str) -> None:
-    await conn.execute("UPDATE users SET password_hash = %s WHERE username = %s",
-                       (password_hash, username))
+    await conn.execute(
+        "UPDATE users SET password_hash = %s WHERE username = %s", (password_hash, username)
+    )
 
 
-async def list_users(*, conn: AsyncConn, role: str | None = None,
-                     district: str | None = None) -> list[User]:
+async def list_users(
+    *, conn: AsyncConn, role: str | None = None, district: str | None = None
+) -> list[User]:
     cur = await conn.execute(
         f"SELECT {_COLUMNS} FROM users"
         " WHERE (%(role)s::text IS NULL OR role = %(role)s)"

@@ -21,8 +21,13 @@ async def add_user(*, conn: AsyncConn, new: UserCreate) -> User:
     if await repository.get_by_username(conn=conn, username=new.username) is not None:
         raise UserError(f"user {new.username!r} already exists")
     return await repository.insert_user(
-        conn=conn, username=new.username, name=new.name, role=new.role.value,
-        district=new.district, phone=new.phone, site_ids=new.site_ids,
+        conn=conn,
+        username=new.username,
+        name=new.name,
+        role=new.role.value,
+        district=new.district,
+        phone=new.phone,
+        site_ids=new.site_ids,
         password_hash=_hasher.hash(new.password),
     )
 
@@ -38,8 +43,9 @@ async def authenticate(*, conn: AsyncConn, username: str, password: str) -> User
     except (VerificationError, InvalidHashError):
         return None
     if _hasher.check_needs_rehash(stored):
-        await repository.set_password_hash(conn=conn, username=username,
-                                           password_hash=_hasher.hash(password))
+        await repository.set_password_hash(
+            conn=conn, username=username, password_hash=_hasher.hash(password)
+        )
     return await repository.get_by_username(conn=conn, username=username)
 
 

@@ -142,7 +142,8 @@ class ImmersionShortDetector(DeviceDetector):
                     limit=min_s,
                     unit="s",
                     summary=(
-                        f"篮筐 {immersion.basket_id} 浸泡仅 {mmss(took)}，要求 ≥ {mmss(seconds(min_s))}"
+                        f"篮筐 {immersion.basket_id} 浸泡仅 {mmss(took)}，"
+                        f"要求 ≥ {mmss(seconds(min_s))}"
                         if short
                         else f"篮筐 {immersion.basket_id} 浸泡时间达标"
                     ),

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 from weijian.alerts.models import DeviceData, Finding, RuleSpec, Severity, SiteData
@@ -179,7 +180,7 @@ def good_stretch(
     if not applicable or applicable[-1].bad:
         return None
     good_time = timedelta(0)
-    for prev, cur in zip(applicable, applicable[1:], strict=False):
+    for prev, cur in pairwise(applicable):
         if prev.bad is False and cur.bad is False and cur.ts - prev.ts <= max_gap:
             good_time += cur.ts - prev.ts
     goods = [p for p in applicable if p.bad is False]
@@ -221,7 +222,7 @@ def level_findings(
     `describe` gives the measured value and the Chinese summary of a spell.
     """
     firing = [s for s in bad_spells(points, rule.max_gap) if rule.qualifies(s)]
-    findings = [_spell_finding(rule, site, device, spell, *describe(spell)) for spell in firing]
+    findings = [_spell_finding(rule, site, device, s, describe) for s in firing]
     last = firing[-1] if firing else None
     stretch = good_stretch(points, last.last if last else None, rule.max_gap)
     if stretch is not None and stretch[2] >= rule.clear_after:
@@ -251,8 +252,13 @@ def spell_episode(metric: str, spell: Spell) -> str:
 
 
 def _spell_finding(
-    rule: LevelRule, site: SiteData, device: DeviceData, spell: Spell, value: float, summary: str
+    rule: LevelRule,
+    site: SiteData,
+    device: DeviceData,
+    spell: Spell,
+    describe: Callable[[Spell], tuple[float, str]],
 ) -> Finding:
+    value, summary = describe(spell)
     return Finding(
         rule=rule.spec.id,
         site_id=site.site_id,

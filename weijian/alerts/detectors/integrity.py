@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
+from itertools import pairwise
 
 from weijian.alerts.detectors.common import (
     DeviceDetector,
@@ -19,6 +21,7 @@ from weijian.alerts.detectors.common import (
 )
 from weijian.alerts.detectors.dish import timeline
 from weijian.alerts.detectors.presence import offline_after
+from weijian.alerts.detectors.release import increments
 from weijian.alerts.detectors.thermal import CABINETS, batches
 from weijian.alerts.models import DeviceData, Finding, SiteData
 from weijian.alerts.models import Severity as Sev
@@ -34,6 +37,8 @@ FLAT_WINDOWS: dict[tuple[DeviceKind, str], str] = {
     (DeviceKind.CHLORINE_TANK, "chlorine_mg_l"): "flatline.chlorine_window_min",
     (DeviceKind.WASTE_STORE_ENV, "temp_c"): "flatline.store_window_min",
     (DeviceKind.WASTE_STORE_ENV, "humidity_pct"): "flatline.store_window_min",
+    (DeviceKind.LINE_METER, "power_kw"): "flatline.line_window_min",
+    (DeviceKind.LINE_METER, "water_l_min"): "flatline.line_window_min",
 }
 # Samples further apart in seq than this are not compared for rate of change: after a clock
 # jump, neighbours in device time may come from different hours.
@@ -77,14 +82,14 @@ class FlatlineDetector(DeviceDetector):
             return self._batches(site, device, now, min_samples)
         findings: list[Finding] = []
         max_gap = offline_after(site, device)
-        running = {s.ts for s in timeline(device, max_gap) if s.running}
+        busy = _busy_times(device, max_gap)
         for (kind, metric), key in FLAT_WINDOWS.items():
             if kind != device.kind:
                 continue
             window = timedelta(minutes=site.profile.number(key, device.device_id))
             samples = [r for r in series(device, metric) if r.ts <= now]
-            if kind == DeviceKind.DISH_MACHINE:
-                samples = [r for r in samples if r.ts in running]
+            if busy is not None:
+                samples = [r for r in samples if r.ts in busy]
             spec = kind_spec(kind).metric(metric)
             runs = flat_runs(samples, max_gap)
             flat = [r for r in runs if _flat(r, window, min_samples, spec)]
@@ -103,11 +108,14 @@ class FlatlineDetector(DeviceDetector):
             if batch.end > now or len(inside) < min_samples:
                 continue
             run = Spell(tuple(Point(r.ts, r.value, True) for r in inside), batch.end, True)
-            flat = len({r.value for r in inside}) == 1
             finding = self._firing(site, device, "temp_c", run, batch.end - batch.start)
-            findings.append(
-                _replace_episode(finding, f"temp_c@{batch.batch_id}", clear=not flat)
-            )
+            episode = f"temp_c@{batch.batch_id}"
+            if len({r.value for r in inside}) == 1:
+                findings.append(replace(finding, episode=episode))
+            else:
+                findings.append(
+                    replace(finding, episode=episode, state="clear", summary="批次温度数据正常变化")
+                )
         return findings
 
     def _firing(
@@ -138,9 +146,15 @@ class FlatlineDetector(DeviceDetector):
     def _clear(
         self, site: SiteData, device: DeviceData, metric: str, runs: list[Spell], flat: list[Spell]
     ) -> Finding | None:
-        after = [r for r in runs if not flat or r.first > flat[-1].first]
-        if len(after) < 2 or (flat and flat[-1].end is None):
-            return None  # no variation seen since (the last flat run)
+        """Positive evidence: the value changed after the last flat run (or varies at all)."""
+        if flat:
+            if not flat[-1].ended_by_good or flat[-1].end is None:
+                return None
+            since, episode = flat[-1].end, spell_episode(metric, flat[-1])
+        elif len(runs) >= 2:
+            since, episode = runs[1].first, f"{metric}@varying"
+        else:
+            return None
         return Finding(
             rule=self.rule.id,
             site_id=site.site_id,
@@ -148,24 +162,26 @@ class FlatlineDetector(DeviceDetector):
             state="clear",
             severity=Sev.MAJOR,
             summary=f"{metric} 数据已恢复变化",
-            evidence_from=after[0].first,
-            evidence_to=after[-1].last,
+            evidence_from=since,
+            evidence_to=max(since, runs[-1].last),
             evidence_metric=metric,
-            episode=spell_episode(metric, flat[-1]) if flat else f"{metric}@varying",
+            episode=episode,
         )
+
+
+def _busy_times(device: DeviceData, max_gap: timedelta) -> set[datetime] | None:
+    """Sample times at which the physics must vary (dish machine running, line packing), or
+    None when every sample counts."""
+    if device.kind == DeviceKind.DISH_MACHINE:
+        return {s.ts for s in timeline(device, max_gap) if s.running}
+    if device.kind == DeviceKind.LINE_METER:
+        return {i.ts for i in increments(series(device, "packed_total"))}
+    return None
 
 
 def _flat(run: Spell, window: timedelta, min_samples: int, spec: MetricSpec | None) -> bool:
     at_bound = spec is not None and run.values[0] in (spec.low, spec.high)
     return run.duration >= window and len(run.points) >= min_samples and not at_bound
-
-
-def _replace_episode(finding: Finding, episode: str, *, clear: bool) -> Finding:
-    from dataclasses import replace
-
-    if clear:
-        return replace(finding, episode=episode, state="clear", summary="批次温度数据正常变化")
-    return replace(finding, episode=episode)
 
 
 class OutOfRangeDetector(DeviceDetector):
@@ -217,7 +233,7 @@ class OutOfRangeDetector(DeviceDetector):
         if spec.max_rate_per_s is None:
             return []
         findings: list[Finding] = []
-        for a, b in zip(samples, samples[1:], strict=False):
+        for a, b in pairwise(samples):
             rate = _rate(a, b, spec)
             if rate is None or rate <= spec.max_rate_per_s:
                 continue

@@ -24,8 +24,9 @@ def offline_after(site: SiteData, device: DeviceData) -> timedelta:
 
 def receive_times(device: DeviceData) -> list[datetime]:
     """When the platform received each message (device time if the receive time is missing)."""
-    items = [*device.readings, *device.events]
-    return sorted({x.received_at or x.ts for x in items})
+    times = {r.received_at or r.ts for r in device.readings}
+    times |= {e.received_at or e.ts for e in device.events}
+    return sorted(times)
 
 
 class OfflineDetector(DeviceDetector):

@@ -106,7 +106,11 @@ class ReleaseDetector:
                 buckets.setdefault(floor_to(inc.ts, period), []).append(inc)
         for start, uncovered in buckets.items():
             ended = next((i.ts for i in judged if i.covered and i.ts > uncovered[-1].ts), None)
-            findings.append(self._firing(site, meter, start, period, uncovered, ended, lag))
+            findings.append(
+                self._firing(
+                    site, meter, uncovered, start=start, period=period, ended=ended, lag=lag
+                )
+            )
         if judged and judged[-1].covered:
             findings.append(self._clear(site, meter, judged, buckets, period))
         return findings
@@ -141,9 +145,10 @@ class ReleaseDetector:
         self,
         site: SiteData,
         meter: DeviceData,
+        uncovered: list[Increment],
+        *,
         start: datetime,
         period: timedelta,
-        uncovered: list[Increment],
         ended: datetime | None,
         lag: timedelta,
     ) -> Finding:

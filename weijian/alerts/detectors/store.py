@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 
 from weijian.alerts.detectors.common import (
     DeviceDetector,
@@ -167,7 +167,9 @@ class UvDetector:
         day = local_day(now - self.lookback) + timedelta(days=1)  # first whole day
         while day_bounds(day)[1] <= now:
             start, end = day_bounds(day)
-            findings += self._period(site, device, samples, (start, end), need, _day_label(day))
+            findings += self._period(
+                site, device, samples, period=(start, end), need=need, episode=day.isoformat()
+            )
             day += timedelta(days=1)
         return findings
 
@@ -187,7 +189,9 @@ class UvDetector:
             if handover.ts + window <= now and handover.ts >= now - self.lookback:
                 period = (handover.ts, handover.ts + window)
                 label = f"handover:{handover.episode}"
-                findings += self._period(site, device, samples, period, need, label)
+                findings += self._period(
+                    site, device, samples, period=period, need=need, episode=label
+                )
         return findings
 
     def _period(
@@ -195,6 +199,7 @@ class UvDetector:
         site: SiteData,
         device: DeviceData,
         samples: list[Reading],
+        *,
         period: tuple[datetime, datetime],
         need: timedelta,
         episode: str,
@@ -229,7 +234,3 @@ class UvDetector:
                 episode=episode,
             )
         ]
-
-
-def _day_label(day: date) -> str:
-    return day.isoformat()

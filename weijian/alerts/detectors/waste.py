@@ -155,7 +155,7 @@ def _hours(span: timedelta) -> float:
 
 
 def store_clear(
-    rule_id: str, site: SiteData, device: DeviceData, book: Ledger, now: datetime, summary: str
+    rule_id: str, site: SiteData, device: DeviceData, *, book: Ledger, now: datetime, summary: str
 ) -> Finding | None:
     """Positive evidence for a store-state rule: a hand-over, and nothing in breach since."""
     if not book.handovers:
@@ -196,8 +196,12 @@ class StorageOverdueDetector(DeviceDetector):
         for bag in book.bags:
             age = (bag.out_at or now) - bag.in_at
             if age > limit or (bag.out_at is None and age >= warn):
-                findings.append(self._firing(site, device, bag, age, warn, limit, now))
-        clear = store_clear(self.rule.id, site, device, book, now, "暂存间内无超时医疗废物")
+                findings.append(
+                    self._firing(site, device, bag, age=age, warn=warn, limit=limit, now=now)
+                )
+        clear = store_clear(
+            self.rule.id, site, device, book=book, now=now, summary="暂存间内无超时医疗废物"
+        )
         return [*findings, clear] if clear else findings
 
     def _firing(
@@ -205,6 +209,7 @@ class StorageOverdueDetector(DeviceDetector):
         site: SiteData,
         device: DeviceData,
         bag: Bag,
+        *,
         age: timedelta,
         warn: timedelta,
         limit: timedelta,
@@ -337,5 +342,7 @@ class BagMissingDetector(DeviceDetector):
                     },
                 )
             )
-        clear = store_clear(self.rule.id, site, device, book, now, "已交接，无疑似流失医疗废物")
+        clear = store_clear(
+            self.rule.id, site, device, book=book, now=now, summary="已交接，无疑似流失医疗废物"
+        )
         return [*findings, clear] if clear else findings

@@ -72,7 +72,7 @@ class DishMachine(Twin):
 
     def _lag(self, heat: list[Window], setpoint: float,
              cold: list[tuple[float, float, PlannedFault]]) -> FirstOrder:
-        model = FirstOrder(self.ctx.start, ambient_c(self.ctx.start))
+        model = FirstOrder(self.ctx.start - 86400, ambient_c(self.ctx.start))
         bounds = sorted({t for w in heat for t in w} | {t for a, b, _ in cold for t in (a, b)})
         for t in bounds:
             if not inside(t, heat):
@@ -141,7 +141,7 @@ class ChlorineTank(Twin):
         self.min_immersion = ctx.limit("chlorine.min_immersion_s")
         self.dose = ctx.param("dose_mg_l", rng.uniform(460.0, 520.0))
         self.redose_at = max(self.limit + 80.0, ctx.param("redose_below_mg_l", 330.0))
-        self.model = FirstOrder(ctx.start, self.dose * rng.uniform(0.85, 0.95))
+        self.model = FirstOrder(ctx.start - 86400, self.dose * rng.uniform(0.85, 0.95))
         self._last_dose_end = ctx.start
         short = self.faults_of("short_immersion")
         left = {f.index: getattr(f.options, "baskets", 1) for f in short}

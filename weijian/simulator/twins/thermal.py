@@ -65,7 +65,7 @@ class Cabinet(Twin):
         prefix, self._margin, self._tau = _KIND[kind]
         self.limit = ctx.limit(f"{prefix}.min_temp_c")
         self.min_hold = ctx.limit(f"{prefix}.min_hold_s")
-        self.model = FirstOrder(ctx.start, ambient_c(ctx.start))
+        self.model = FirstOrder(ctx.start - 86400, ambient_c(ctx.start))
         self.batches: list[Batch] = []
         self._door: list[Window] = []
         self._pending = self.faults_of("under_temp", "no_heat", "short_hold")

@@ -109,7 +109,7 @@ class WasteScale(Twin):
                 continue
             for bag in self.bags:
                 # A missing bag disappears before the next hand-over after it came in.
-                if bag.missing and bag.at < when and bag.out_at is not None and bag.out_at >= when:
+                if bag.missing and bag.at < when - 120 and bag.out_at is not None and bag.out_at >= when:
                     bag.out_at = when - 600
             taken = [b for b in self.bags if b.at < when - 120 and b.out_at is None]
             if not taken:
@@ -135,7 +135,7 @@ class WasteScale(Twin):
             bag = next((b for b in self.bags if b.at >= fault.at and b.missing), None)
             if bag is None:
                 continue
-            after = next((h for h in self.handovers if h.at > bag.at), None)
+            after = next((h for h in self.handovers if h.at - 120 > bag.at), None)
             if after is not None:
                 self.violate("waste.bag_missing", fault, after.at)
 

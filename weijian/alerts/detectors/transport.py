@@ -1,0 +1,381 @@
+"""Data integrity of the transport: device clock, lost messages and replayed messages.
+
+`seq` is one counter per device shared by readings and events (docs/protocol.md), so both are
+read as one stream of messages. A message is identified by its (seq, ts); its readings share
+both.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from itertools import pairwise
+
+from weijian.alerts.detectors.common import DeviceDetector, floor_to, iso, local_time, seconds
+from weijian.alerts.models import DeviceData, Finding, SiteData
+from weijian.alerts.models import Severity as Sev
+from weijian.alerts.rules import rule
+from weijian.devices.kinds import DeviceKind
+
+_ALL = frozenset(DeviceKind)
+# After a drop to a restart value, the next message must continue from it for the drop to
+# count as a reboot (a replayed seq 0 or 1 followed by the old counter is not a reboot).
+_RESTART_CONFIRM = 10
+_GAP_BUCKET = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Message:
+    seq: int
+    ts: datetime
+    received_at: datetime | None
+    # Sorted (name, value) pairs: the metrics of a reading message, or the type and data.
+    payload: tuple[tuple[str, str], ...]
+    # The same (seq, ts) came with different values (a replay that kept the time).
+    conflict: bool = False
+
+    @property
+    def arrived(self) -> datetime:
+        return self.received_at or self.ts
+
+
+def messages(device: DeviceData, now: datetime) -> list[Message]:
+    """The device's messages with a seq, in device-time order (then seq)."""
+    parts: dict[tuple[int, datetime], dict[str, str]] = defaultdict(dict)
+    received: dict[tuple[int, datetime], datetime | None] = {}
+    conflicts: set[tuple[int, datetime]] = set()
+    items = [(r.seq, r.ts, r.metric, repr(r.value), r.received_at) for r in device.readings]
+    items += [
+        (e.seq, e.ts, "@" + e.type, json.dumps(e.data, sort_keys=True, default=str), e.received_at)
+        for e in device.events
+    ]
+    for seq, ts, name, value, received_at in items:
+        if seq is None or ts > now:
+            continue
+        key = (seq, ts)
+        if parts[key].setdefault(name, value) != value:
+            conflicts.add(key)
+        received[key] = _earliest(received.get(key), received_at)
+    found = [
+        Message(seq, ts, received[seq, ts], tuple(sorted(p.items())), (seq, ts) in conflicts)
+        for (seq, ts), p in parts.items()
+    ]
+    return sorted(found, key=lambda m: (m.ts, m.seq))
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def boot_segments(found: list[Message], restart_max: int) -> list[list[Message]]:
+    """Split messages where the device rebooted: seq drops to a restart value (≤ restart_max)
+    and the next message continues from there. Any other drop is reordering or replay."""
+    segments: list[list[Message]] = [[]]
+    top = -1
+    for i, msg in enumerate(found):
+        follower = found[i + 1].seq if i + 1 < len(found) else msg.seq
+        if (
+            msg.seq <= restart_max
+            and msg.seq < top
+            and msg.seq <= follower <= msg.seq + _RESTART_CONFIRM
+        ):
+            segments.append([])
+            top = -1
+        segments[-1].append(msg)
+        top = max(top, msg.seq)
+    return [s for s in segments if s]
+
+
+def _restart_max(site: SiteData, device: DeviceData) -> int:
+    return int(site.profile.number("seq.restart_max", device.device_id))
+
+
+class ClockSkewDetector(DeviceDetector):
+    """`data.clock_skew`: the device clock is off by more than the limit.
+
+    The offset is estimated per bucket of receive time as max(ts − received_at): latency only
+    makes a message look older, so the freshest message of a bucket bounds the offset from
+    below and is nearly exact. A backlog delivered late therefore does not look like skew (its
+    freshest item was taken just before reconnecting). A skew must hold in
+    `clock_skew.min_buckets` consecutive buckets with data (a clock that jumps and stays
+    jumped fires; one stray message does not). Episode = first skewed bucket; clears on a
+    bucket within the limit.
+    """
+
+    rule = rule("data.clock_skew")
+    device_kinds = _ALL
+    lookback = timedelta(hours=6)
+
+    def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
+        profile, dev = site.profile, device.device_id
+        limit = profile.number("clock_skew.max_s", dev)
+        bucket = seconds(profile.number("clock_skew.bucket_s", dev))
+        needed = int(profile.number("clock_skew.min_buckets", dev))
+        offsets: dict[datetime, float] = {}
+        stamps = [(r.ts, r.received_at) for r in device.readings]
+        stamps += [(e.ts, e.received_at) for e in device.events]
+        for ts, received_at in stamps:
+            if received_at is None or received_at > now:
+                continue
+            key = floor_to(received_at, bucket)
+            skew = (ts - received_at).total_seconds()
+            offsets[key] = max(offsets.get(key, skew), skew)
+        keys = sorted(offsets)
+        runs: list[tuple[list[datetime], datetime | None]] = []
+        run: list[datetime] = []
+        for key in keys:
+            if abs(offsets[key]) > limit:
+                run.append(key)
+            elif run:
+                runs.append((run, key))
+                run = []
+        if run:
+            runs.append((run, None))
+        skewed = [(r, end) for r, end in runs if len(r) >= needed]
+        findings = [
+            self._firing(site, device, r, ended=end, offsets=offsets, bucket=bucket, limit=limit)
+            for r, end in skewed
+        ]
+        if keys and abs(offsets[keys[-1]]) <= limit:
+            episode = iso(skewed[-1][0][0]) if skewed else f"ok@{iso(keys[-1])}"
+            findings.append(
+                self._clear(
+                    site, device, keys[-1], bucket=bucket, offset=offsets[keys[-1]], episode=episode
+                )
+            )
+        return findings
+
+    def _firing(
+        self,
+        site: SiteData,
+        device: DeviceData,
+        run: list[datetime],
+        *,
+        ended: datetime | None,
+        offsets: dict[datetime, float],
+        bucket: timedelta,
+        limit: float,
+    ) -> Finding:
+        worst = max((offsets[k] for k in run), key=abs)
+        direction = "快" if worst > 0 else "慢"
+        return Finding(
+            rule=self.rule.id,
+            site_id=site.site_id,
+            device_id=device.device_id,
+            state="firing",
+            severity=Sev.WARNING,
+            started_at=run[0],
+            ended_at=ended,
+            value=round(worst, 1),
+            limit=limit,
+            unit="s",
+            summary=(
+                f"设备时钟比平台{direction} {abs(worst) / 60:.1f} 分钟"
+                f"（允许 ±{limit / 60:g} 分钟），"
+                "时长类规则的判断可能失真"
+            ),
+            evidence_from=run[0],
+            evidence_to=run[-1] + bucket,
+            episode=iso(run[0]),
+            details={"buckets": len(run)},
+        )
+
+    def _clear(
+        self,
+        site: SiteData,
+        device: DeviceData,
+        key: datetime,
+        *,
+        bucket: timedelta,
+        offset: float,
+        episode: str,
+    ) -> Finding:
+        return Finding(
+            rule=self.rule.id,
+            site_id=site.site_id,
+            device_id=device.device_id,
+            state="clear",
+            severity=Sev.WARNING,
+            value=round(offset, 1),
+            unit="s",
+            summary="设备时钟偏差已恢复正常",
+            evidence_from=key,
+            evidence_to=key + bucket,
+            episode=episode,
+        )
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Seqs missing between two messages of one boot."""
+
+    before: Message
+    after: Message
+
+    @property
+    def missing(self) -> int:
+        return self.after.seq - self.before.seq - 1
+
+
+def gaps(found: list[Message], restart_max: int) -> list[Gap]:
+    """Missing seqs within each boot, whatever order the messages arrived in."""
+    result: list[Gap] = []
+    for segment in boot_segments(found, restart_max):
+        ordered = sorted({m.seq: m for m in reversed(segment)}.values(), key=lambda m: m.seq)
+        result += [Gap(a, b) for a, b in pairwise(ordered) if b.seq > a.seq + 1]
+    return result
+
+
+def replays(found: list[Message], restart_max: int) -> list[Message]:
+    """Copies of a seq already seen in the same boot at another time or with other values;
+    the copy that arrived later is the replay."""
+    copies: list[Message] = []
+    for segment in boot_segments(found, restart_max):
+        by_seq: dict[int, list[Message]] = defaultdict(list)
+        for msg in segment:
+            by_seq[msg.seq].append(msg)
+        for group in by_seq.values():
+            group.sort(key=lambda m: (m.arrived, m.ts))
+            copies += group[1:]
+            copies += [m for m in group[:1] if m.conflict]
+    return sorted(copies, key=lambda m: (m.arrived, m.seq))
+
+
+def _hourly(found: list[tuple[datetime, Message]]) -> dict[datetime, list[Message]]:
+    buckets: dict[datetime, list[Message]] = defaultdict(list)
+    for when, msg in found:
+        buckets[floor_to(when, _GAP_BUCKET)].append(msg)
+    return buckets
+
+
+class _SeqDetector(DeviceDetector):
+    """Shared shape of the seq rules: closed episodes per hour, cleared by clean data."""
+
+    device_kinds = _ALL
+    lookback = timedelta(hours=6)
+
+    def clear(
+        self,
+        site: SiteData,
+        device: DeviceData,
+        found: list[Message],
+        since: datetime | None,
+        episode: str | None,
+    ) -> Finding | None:
+        """Clear once the messages after the last problem span `data.clear_after_s`."""
+        need = seconds(site.profile.number("data.clear_after_s", device.device_id))
+        clean = [m for m in found if since is None or m.ts > since]
+        if not clean or clean[-1].ts - clean[0].ts < need:
+            return None
+        return Finding(
+            rule=self.rule.id,
+            site_id=site.site_id,
+            device_id=device.device_id,
+            state="clear",
+            severity=Sev.WARNING,
+            summary="数据序号已连续正常",
+            evidence_from=clean[0].ts,
+            evidence_to=clean[-1].ts,
+            episode=episode or f"ok@{iso(floor_to(clean[-1].ts, _GAP_BUCKET))}",
+        )
+
+
+class SequenceGapDetector(_SeqDetector):
+    """`data.sequence_gap`: seqs missing within one boot of the device.
+
+    Messages are ordered by device time and split at reboots (seq restarts from 0/1), then the
+    seqs of each boot are compared as a set, so out-of-order arrival never makes a gap. A gap
+    counts only once the message after it has been in for `seq.gap_grace_s` (a backlog still
+    arriving fills it). Episodes are hours (by the device time after the gap) with the number
+    of missing messages.
+    """
+
+    rule = rule("data.sequence_gap")
+
+    def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
+        grace = seconds(site.profile.number("seq.gap_grace_s", device.device_id))
+        found = messages(device, now)
+        every = gaps(found, _restart_max(site, device))
+        # A gap counts once the message after it has been in for the grace time: a backlog
+        # still arriving fills it. While one is pending there is no clear either.
+        confirmed = [g for g in every if now - g.after.arrived >= grace]
+        by_hour: dict[datetime, list[Gap]] = defaultdict(list)
+        for gap in confirmed:
+            by_hour[floor_to(gap.after.ts, _GAP_BUCKET)].append(gap)
+        findings = [self._firing(site, device, hour, g) for hour, g in sorted(by_hour.items())]
+        if len(confirmed) < len(every):
+            return findings
+        last = max(confirmed, key=lambda g: g.after.ts, default=None)
+        episode = iso(floor_to(last.after.ts, _GAP_BUCKET)) if last else None
+        clear = self.clear(site, device, found, last.after.ts if last else None, episode)
+        return [*findings, clear] if clear else findings
+
+    def _firing(
+        self, site: SiteData, device: DeviceData, hour: datetime, found: list[Gap]
+    ) -> Finding:
+        missing = sum(g.missing for g in found)
+        first = min(found, key=lambda g: g.before.ts)
+        last = max(found, key=lambda g: g.after.ts)
+        spans = "、".join(f"{g.before.seq + 1}–{g.after.seq - 1}" for g in found[:5])
+        return Finding(
+            rule=self.rule.id,
+            site_id=site.site_id,
+            device_id=device.device_id,
+            state="firing",
+            severity=Sev.WARNING,
+            started_at=first.before.ts,
+            ended_at=last.after.ts,
+            value=float(missing),
+            limit=0.0,
+            unit="条",
+            summary=f"{local_time(hour)} 起一小时内缺失 {missing} 条数据（序号 {spans}）",
+            evidence_from=first.before.ts,
+            evidence_to=last.after.ts,
+            episode=iso(hour),
+            details={"gaps": [[g.before.seq, g.after.seq] for g in found[:20]]},
+        )
+
+
+class ReplayDetector(_SeqDetector):
+    """`data.replay`: a seq seen again in the same boot at another device time, or with other
+    values (the store keeps one row per (device, metric, ts), so a replay usually shows as an
+    old seq at a new ts). Episodes are hours of arrival, with the number of replayed messages.
+    """
+
+    rule = rule("data.replay")
+
+    def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
+        found = messages(device, now)
+        copies = replays(found, _restart_max(site, device))
+        findings = [
+            self._firing(site, device, hour, group)
+            for hour, group in sorted(_hourly([(m.arrived, m) for m in copies]).items())
+        ]
+        last = copies[-1] if copies else None
+        episode = iso(floor_to(last.arrived, _GAP_BUCKET)) if last else None
+        clear = self.clear(site, device, found, max((m.ts for m in copies), default=None), episode)
+        return [*findings, clear] if clear else findings
+
+    def _firing(
+        self, site: SiteData, device: DeviceData, hour: datetime, copies: list[Message]
+    ) -> Finding:
+        seqs = "、".join(str(m.seq) for m in copies[:8])
+        return Finding(
+            rule=self.rule.id,
+            site_id=site.site_id,
+            device_id=device.device_id,
+            state="firing",
+            severity=Sev.MAJOR,
+            started_at=min(m.ts for m in copies),
+            ended_at=max(m.ts for m in copies),
+            value=float(len(copies)),
+            limit=0.0,
+            unit="条",
+            summary=f"{len(copies)} 条数据重复使用已用过的序号（{seqs}），疑似重放",
+            evidence_from=min(m.ts for m in copies),
+            evidence_to=max(m.ts for m in copies),
+            episode=iso(hour),
+            details={"seqs": [m.seq for m in copies[:50]]},
+        )
