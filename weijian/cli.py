@@ -33,7 +33,13 @@ users_app = typer.Typer(
 )
 app.add_typer(sites_app, name="sites")
 app.add_typer(devices_app, name="devices")
+profiles_app = typer.Typer(
+    help="Limits in force per site and device (site profiles).", no_args_is_help=True
+)
+silences_app = typer.Typer(help="Maintenance windows that mute alerts.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
+app.add_typer(profiles_app, name="profiles")
+app.add_typer(silences_app, name="silences")
 
 
 class CliError(Exception):
@@ -333,6 +339,86 @@ def users_list(role: Annotated[str | None, typer.Option()] = None) -> None:
         lambda: _with_conn(_settings(), lambda conn: service.list_users(conn=conn, role=role))
     )
     _print_json([u.model_dump(mode="json") for u in users])
+
+
+@profiles_app.command("show")
+def profiles_show(site_id: Annotated[str, typer.Argument(help="Site id.")]) -> None:
+    """Defaults, overrides and the change record of a site's limits, as JSON."""
+    from weijian.alerts import tuning
+
+    result = _run(
+        lambda: _with_conn(_settings(), lambda conn: tuning.effective(conn=conn, site_id=site_id))
+    )
+    _print_json(result)
+
+
+@profiles_app.command("set")
+def profiles_set(
+    site_id: Annotated[str, typer.Argument(help="Site id.")],
+    assignments: Annotated[
+        list[str], typer.Argument(help="key=value (value 'default' removes an override).")
+    ],
+    device: Annotated[str | None, typer.Option(help="Override for this device only.")] = None,
+    actor: Annotated[str, typer.Option(help="Who makes the change (recorded).")] = "cli",
+) -> None:
+    """Override limits of a site (or one device); every change is recorded."""
+    from weijian.alerts import tuning
+
+    result = _run(
+        lambda: _with_conn(
+            _settings(),
+            lambda conn: tuning.update(
+                conn=conn, actor=actor, site_id=site_id, device_id=device, assignments=assignments
+            ),
+        )
+    )
+    _print_json({k: result[k] for k in ("site_id", "site_overrides", "device_overrides")})
+
+
+@silences_app.command("add")
+def silences_add(
+    reason: Annotated[str, typer.Option(help="Why, e.g. 设备检修.")],
+    hours: Annotated[float, typer.Option(min=0.01, help="Length of the window from now.")] = 2.0,
+    site: Annotated[str | None, typer.Option()] = None,
+    device: Annotated[str | None, typer.Option()] = None,
+    rule: Annotated[str | None, typer.Option()] = None,
+    actor: Annotated[str, typer.Option()] = "cli",
+) -> None:
+    """Mute alerts of a site, device and/or rule for a maintenance window."""
+    from datetime import UTC, datetime, timedelta
+
+    from weijian.alerts import service
+    from weijian.alerts.rules import rule as rule_spec
+
+    if site is None and device is None and rule is None:
+        raise CliError("a silence needs a scope: --site, --device and/or --rule")
+    if rule is not None:
+        rule_spec(rule)
+    start = datetime.now(UTC)
+    silence_id = _run(
+        lambda: _with_conn(
+            _settings(),
+            lambda conn: service.add_silence(
+                conn=conn,
+                site_id=site,
+                device_id=device,
+                rule=rule,
+                starts_at=start,
+                ends_at=start + timedelta(hours=hours),
+                reason=reason,
+                actor=actor,
+            ),
+        )
+    )
+    _print_json(
+        {
+            "id": silence_id,
+            "site_id": site,
+            "device_id": device,
+            "rule": rule,
+            "ends_at": (start + timedelta(hours=hours)).isoformat(),
+        }
+    )
 
 
 def _one_line(exc: BaseException) -> str:

@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 from weijian.alerts import service as alerts
 from weijian.alerts.models import Finding, Severity
 from weijian.api.app import create_app
+from weijian.clock import ManualClock
 from weijian.config import Settings
 from weijian.db.connection import AsyncConn, open_pool
 from weijian.devices import repository as devices_repo
@@ -39,6 +40,7 @@ class World:
 
     pool: AsyncConnectionPool[AsyncConn]
     client: httpx.AsyncClient
+    clock: ManualClock
     tokens: dict[str, str] = field(default_factory=dict)
 
     async def token(self, username: str) -> str:
@@ -95,8 +97,16 @@ async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool[AsyncConn
 
 
 @pytest.fixture
-async def app(settings: Settings, pool: AsyncConnectionPool[AsyncConn]) -> AsyncIterator[FastAPI]:
-    application = create_app(settings, pool=pool)
+def clock() -> ManualClock:
+    """The platform clock of the app under test (tokens still use wall-clock time)."""
+    return ManualClock(NOW)
+
+
+@pytest.fixture
+async def app(
+    settings: Settings, pool: AsyncConnectionPool[AsyncConn], clock: ManualClock
+) -> AsyncIterator[FastAPI]:
+    application = create_app(settings, pool=pool, clock=clock)
     async with application.router.lifespan_context(application):
         yield application
 
@@ -146,6 +156,8 @@ async def seed(pool: AsyncConnectionPool[AsyncConn]) -> None:
 
 
 @pytest.fixture
-async def world(pool: AsyncConnectionPool[AsyncConn], client: httpx.AsyncClient) -> World:
+async def world(
+    pool: AsyncConnectionPool[AsyncConn], client: httpx.AsyncClient, clock: ManualClock
+) -> World:
     await seed(pool)
-    return World(pool=pool, client=client)
+    return World(pool=pool, client=client, clock=clock)

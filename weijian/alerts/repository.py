@@ -261,3 +261,22 @@ async def count_detected_since(
         {"since": since, "ids": None if site_ids is None else list(site_ids)},
     )
     return {str(r["severity"]): int(r["n"]) for r in await cur.fetchall()}
+
+
+async def record_profile_change(*, conn: AsyncConn, actor: str, site_id: str | None,
+                                device_id: str | None, key: str, old: Any, new: Any) -> None:
+    await conn.execute(
+        "INSERT INTO profile_changes (actor, site_id, device_id, key, old_value, new_value)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (actor, site_id, device_id, key, Jsonb(old), Jsonb(new)),
+    )
+
+
+async def profile_changes(*, conn: AsyncConn, site_id: str) -> list[dict[str, Any]]:
+    cur = await conn.execute(
+        "SELECT at, actor, site_id, device_id, key, old_value, new_value FROM profile_changes"
+        " WHERE site_id = %s OR device_id IN (SELECT id FROM devices WHERE site_id = %s)"
+        " ORDER BY id",
+        (site_id, site_id),
+    )
+    return list(await cur.fetchall())

@@ -356,3 +356,31 @@ async def count_detected_since(
 ) -> dict[str, int]:
     """Alerts detected since a time, by severity (今日告警)."""
     return await repository.count_detected_since(conn=conn, since=since, site_ids=site_ids)
+
+
+async def add_silence(
+    *,
+    conn: AsyncConn,
+    site_id: str | None,
+    device_id: str | None,
+    rule: str | None,
+    starts_at: datetime,
+    ends_at: datetime,
+    reason: str,
+    actor: str,
+) -> int:
+    """A maintenance window: findings in its scope raise nothing until it ends."""
+    if ends_at <= starts_at:
+        raise AlertError("a silence must end after it starts")
+    if site_id is None and device_id is None and rule is None:
+        raise AlertError("a silence needs a scope: a site, a device and/or a rule")
+    return await repository.insert_silence(
+        conn=conn,
+        site_id=site_id,
+        device_id=device_id,
+        rule=rule,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        reason=reason,
+        created_by=actor,
+    )

@@ -161,3 +161,13 @@ async def presence_counts(
 ) -> dict[str, int]:
     """{"registered": n, "online": m} for 在线率."""
     return await repository.presence_counts(conn=conn, site_ids=site_ids)
+
+
+async def set_site_profile(*, conn: AsyncConn, site_id: str, profile: dict[str, Any]) -> None:
+    """Replace a site's limit overrides (callers record the change; see alerts.tuning)."""
+    await repository.set_site_profile(conn=conn, site_id=site_id, profile=profile)
+
+
+async def set_device_profile(*, conn: AsyncConn, device_id: str, profile: dict[str, Any]) -> None:
+    """Replace a device's limit overrides."""
+    await repository.set_device_profile(conn=conn, device_id=device_id, profile=profile)

@@ -176,11 +176,12 @@ def good_stretch(
 ) -> tuple[datetime, datetime, timedelta] | None:
     """Compliant evidence after `after`: (first good, last good, good time), if the latest
     applicable point is good. Good time only counts between consecutive good points."""
-    applicable = [p for p in points if p.bad is not None and (after is None or p.ts > after)]
+    later = [p for p in points if after is None or p.ts > after]
+    applicable = [p for p in later if p.bad is not None]
     if not applicable or applicable[-1].bad:
         return None
     good_time = timedelta(0)
-    for prev, cur in pairwise(applicable):
+    for prev, cur in pairwise(later):
         if prev.bad is False and cur.bad is False and cur.ts - prev.ts <= max_gap:
             good_time += cur.ts - prev.ts
     goods = [p for p in applicable if p.bad is False]

@@ -1,0 +1,100 @@
+"""Shared building blocks: spells, compliant stretches, the state convention, local time."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+
+from tests.alerts.detectors.factories import at
+from weijian.alerts.detectors.common import (
+    Point,
+    bad_spells,
+    current_state,
+    day_bounds,
+    floor_to,
+    good_stretch,
+    local_day,
+    mmss,
+    settle,
+)
+from weijian.alerts.models import Finding
+
+GAP = timedelta(seconds=60)
+
+
+def points(flags: str, step_s: float = 10) -> list[Point]:
+    """'b' bad, 'g' good, '-' not applicable, one per step."""
+    table = {"b": True, "g": False, "-": None}
+    return [Point(at(seconds=i * step_s), float(i), table[c]) for i, c in enumerate(flags)]
+
+
+def test_bad_spells_know_how_they_ended() -> None:
+    spells = bad_spells(points("gbbbgb-bb"), GAP)
+    assert [(s.first, s.last) for s in spells] == [
+        (at(seconds=10), at(seconds=30)),
+        (at(seconds=50), at(seconds=50)),
+        (at(seconds=70), at(seconds=80)),
+    ]
+    assert spells[0].end == at(seconds=40)
+    assert spells[0].ended_by_good
+    assert spells[1].end == at(seconds=50)  # ended by "not applicable": last bad sample
+    assert not spells[1].ended_by_good
+    assert spells[2].end is None  # still bad at the last point
+    assert spells[0].duration == timedelta(seconds=20)
+
+
+def test_a_gap_breaks_a_spell() -> None:
+    spread = [Point(at(seconds=0), 1, True), Point(at(seconds=61), 1, True)]
+    assert len(bad_spells(spread, GAP)) == 2
+
+
+def test_good_stretch_needs_the_latest_point_good() -> None:
+    assert good_stretch(points("bggg"), None, GAP) == (at(seconds=10), at(seconds=30), GAP / 3)
+    assert good_stretch(points("ggb"), None, GAP) is None
+    # Good time counts only between consecutive good points.
+    stretch = good_stretch(points("gbgg-g"), None, GAP)
+    assert stretch is not None
+    assert stretch[2] == timedelta(seconds=10)
+
+
+def finding(state: str, to: datetime, ended: datetime | None = None) -> Finding:
+    return Finding(
+        rule="r",
+        site_id="s",
+        device_id="d",
+        state="firing" if state == "firing" else "clear",
+        evidence_to=to,
+        ended_at=ended,
+    )
+
+
+def test_current_state_open_firing_wins_else_latest_evidence() -> None:
+    closed = finding("firing", at(minutes=1), ended=at(minutes=1))
+    later_clear = finding("clear", at(minutes=2))
+    assert current_state([closed, later_clear])["d", "r"].state == "clear"
+    tie = finding("clear", at(minutes=1))
+    assert current_state([tie, closed])["d", "r"].state == "firing"
+    still_open = finding("firing", at(minutes=0))
+    assert current_state([later_clear, still_open])["d", "r"].state == "firing"
+
+
+def test_settle_drops_clears_while_something_is_open() -> None:
+    open_one = finding("firing", at())
+    clear = finding("clear", at(minutes=5))
+    assert settle([open_one, clear]) == [open_one]
+    closed = replace(open_one, ended_at=at())
+    assert settle([closed, clear]) == [closed, clear]
+
+
+def test_durations_are_never_rounded_up() -> None:
+    assert mmss(timedelta(seconds=599.9)) == "9:59"
+    assert mmss(timedelta(hours=1, seconds=5)) == "1:00:05"
+
+
+def test_local_days_and_buckets() -> None:
+    # 2026-11-23 16:30 UTC is 00:30 on the 24th in Shanghai.
+    assert local_day(datetime(2026, 11, 23, 16, 30, tzinfo=UTC)) == date(2026, 11, 24)
+    start, end = day_bounds(date(2026, 11, 24))
+    assert start == datetime(2026, 11, 23, 16, 0, tzinfo=UTC)
+    assert end - start == timedelta(days=1)
+    assert floor_to(at(minutes=59, seconds=59), timedelta(hours=1)) == at()

@@ -1,0 +1,245 @@
+"""Alert lifecycle against the real database: severity rise, hysteresis, silences, inhibition, tuning."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.factories import make_site
+from weijian.alerts import service, tuning
+from weijian.alerts.models import Finding, Severity
+from weijian.config import Settings
+from weijian.db.connection import AsyncConn, connect
+from weijian.devices import repository as devices_repo
+
+NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
+
+
+async def setup(settings: Settings, kind: str = "medical_institution") -> tuple[AsyncConn, str]:
+    site_id = await make_site(settings, kind=kind)
+    conn = await connect(settings.database_url)
+    device_kind = "waste_scale" if kind == "medical_institution" else "steam_cabinet"
+    await devices_repo.insert_device(
+        conn=conn, device_id="dev-1", site_id=site_id, kind=device_kind, name=None, interval_s=60
+    )
+    return conn, site_id
+
+
+def finding(
+    site_id: str,
+    rule: str,
+    state: str = "firing",
+    severity: Severity = Severity.MAJOR,
+    episode: str | None = None,
+    at: datetime = NOW,
+) -> Finding:
+    return Finding(
+        rule=rule,
+        site_id=site_id,
+        device_id="dev-1",
+        state=state,  # type: ignore[arg-type]
+        severity=severity,
+        started_at=at,
+        ended_at=at,
+        episode=episode,
+        summary="s",
+    )
+
+
+@pytest.mark.anyio
+async def test_severity_rises_on_the_same_episode(settings: Settings) -> None:
+    conn, site = await setup(settings)
+    async with conn:
+        first = await service.apply_findings(
+            conn=conn,
+            findings=[
+                finding(site, "waste.storage_overdue", severity=Severity.WARNING, episode="bag-1")
+            ],
+            now=NOW,
+        )
+        assert [c.kind for c in first] == ["fired"]
+        same = await service.apply_findings(
+            conn=conn,
+            findings=[
+                finding(site, "waste.storage_overdue", severity=Severity.WARNING, episode="bag-1")
+            ],
+            now=NOW + timedelta(minutes=1),
+        )
+        assert same == []
+        worse = await service.apply_findings(
+            conn=conn,
+            findings=[
+                finding(
+                    site,
+                    "waste.storage_overdue",
+                    severity=Severity.MAJOR,
+                    episode="bag-1",
+                    at=NOW + timedelta(hours=12),
+                )
+            ],
+            now=NOW + timedelta(hours=12),
+        )
+        assert [(c.kind, c.severity) for c in worse] == [("escalated", Severity.MAJOR)]
+        alerts = await service.list_alerts(conn=conn)
+        assert len(alerts) == 1
+        assert alerts[0].severity == Severity.MAJOR
+        assert alerts[0].occurrences == 1
+
+
+@pytest.mark.anyio
+async def test_condition_alert_needs_two_clear_evaluations(settings: Settings) -> None:
+    conn, site = await setup(settings)
+    rule = "waste.door_open_long"
+    async with conn:
+        await service.apply_findings(conn=conn, findings=[finding(site, rule)], now=NOW)
+        later = NOW + timedelta(minutes=5)
+        assert (
+            await service.apply_findings(
+                conn=conn, findings=[finding(site, rule, "clear", at=later)], now=later
+            )
+            == []
+        )
+        again = NOW + timedelta(minutes=6)
+        assert (
+            await service.apply_findings(
+                conn=conn, findings=[finding(site, rule, "clear", at=again)], now=again
+            )
+            != []
+        )
+        assert (await service.list_alerts(conn=conn))[0].status == "resolved"
+
+
+@pytest.mark.anyio
+async def test_old_clear_evidence_does_not_resolve(settings: Settings) -> None:
+    conn, site = await setup(settings)
+    async with conn:
+        await service.apply_findings(
+            conn=conn, findings=[finding(site, "waste.bag_missing", episode="b1", at=NOW)], now=NOW
+        )
+        stale = finding(
+            site, "waste.bag_missing", "clear", episode="b0", at=NOW - timedelta(hours=1)
+        )
+        assert await service.apply_findings(conn=conn, findings=[stale], now=NOW) == []
+
+
+@pytest.mark.anyio
+async def test_silence_mutes_its_scope_only(settings: Settings) -> None:
+    conn, site = await setup(settings)
+    async with conn:
+        await service.add_silence(
+            conn=conn,
+            site_id=site,
+            device_id=None,
+            rule="waste.door_open_long",
+            starts_at=NOW - timedelta(hours=1),
+            ends_at=NOW + timedelta(hours=1),
+            reason="检修",
+            actor="admin",
+        )
+        changes = await service.apply_findings(
+            conn=conn,
+            findings=[
+                finding(site, "waste.door_open_long"),
+                finding(site, "waste.uv_not_done", episode="d1"),
+            ],
+            now=NOW,
+        )
+        assert [c.rule for c in changes] == ["waste.uv_not_done"]
+        after = NOW + timedelta(hours=2)
+        changes = await service.apply_findings(
+            conn=conn, findings=[finding(site, "waste.door_open_long", at=after)], now=after
+        )
+        assert [c.rule for c in changes] == ["waste.door_open_long"]
+
+
+@pytest.mark.anyio
+async def test_offline_device_inhibits_its_data_rules(settings: Settings) -> None:
+    conn, site = await setup(settings)
+    async with conn:
+        await service.apply_findings(
+            conn=conn,
+            findings=[finding(site, "device.offline", severity=Severity.WARNING)],
+            now=NOW,
+        )
+        changes = await service.apply_findings(
+            conn=conn,
+            findings=[
+                finding(site, "data.sequence_gap", episode="g1"),
+                finding(site, "waste.bag_missing", episode="b1"),
+            ],
+            now=NOW,
+        )
+        assert [c.rule for c in changes] == ["waste.bag_missing"]
+
+
+@pytest.mark.anyio
+async def test_acknowledge_then_resolve_by_hand(settings: Settings) -> None:
+    conn, site = await setup(settings)
+    async with conn:
+        changes = await service.apply_findings(
+            conn=conn, findings=[finding(site, "waste.bag_missing", episode="b")], now=NOW
+        )
+        alert_id = changes[0].alert_id
+        acked = await service.acknowledge(conn=conn, alert_id=alert_id, actor="zhang", now=NOW)
+        assert acked.status == "acknowledged"
+        with pytest.raises(service.AlertError, match="only a firing alert"):
+            await service.acknowledge(conn=conn, alert_id=alert_id, actor="zhang", now=NOW)
+        await service.resolve(conn=conn, alert_id=alert_id, actor="zhang", now=NOW, note="已核查")
+        history = await service.alert_history(conn=conn, alert_id=alert_id)
+        assert [(h["action"], h["actor"]) for h in history] == [
+            ("fired", "system"),
+            ("acknowledged", "zhang"),
+            ("resolved", "zhang"),
+        ]
+
+
+@pytest.mark.anyio
+async def test_profile_overrides_are_typed_checked_and_recorded(settings: Settings) -> None:
+    conn, site = await setup(settings, kind="disinfection_plant")
+    async with conn:
+        result = await tuning.update(
+            conn=conn,
+            actor="chief",
+            site_id=site,
+            device_id=None,
+            assignments=["steam.min_hold_s=900"],
+        )
+        assert result["effective"]["steam.min_hold_s"] == 900.0
+        await tuning.update(
+            conn=conn,
+            actor="chief",
+            site_id=site,
+            device_id="dev-1",
+            assignments=["steam.min_temp_c=105"],
+        )
+        shown = await tuning.effective(conn=conn, site_id=site)
+        assert shown["device_overrides"] == {"dev-1": {"steam.min_temp_c": 105.0}}
+        assert [(c["key"], c["new_value"]) for c in shown["changes"]] == [
+            ("steam.min_hold_s", 900.0),
+            ("steam.min_temp_c", 105.0),
+        ]
+        with pytest.raises(tuning.ProfileError, match="unknown setting"):
+            await tuning.update(
+                conn=conn,
+                actor="x",
+                site_id=site,
+                device_id=None,
+                assignments=["waste.max_storage_h=1"],
+            )
+        with pytest.raises(tuning.ProfileError, match="is a number"):
+            await tuning.update(
+                conn=conn,
+                actor="x",
+                site_id=site,
+                device_id=None,
+                assignments=["steam.min_hold_s=long"],
+            )
+        reset = await tuning.update(
+            conn=conn,
+            actor="chief",
+            site_id=site,
+            device_id=None,
+            assignments=["steam.min_hold_s=default"],
+        )
+        assert reset["site_overrides"] == {}
