@@ -194,13 +194,23 @@ def features(kind: DeviceKind, frame: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass
 class DeviceModel:
-    """An IsolationForest fitted on one device's history, with its own flag threshold."""
+    """An IsolationForest fitted on one device's history, with its own flag threshold.
+
+    The forest's splits are drawn inside the training range, so a value far beyond anything
+    the device ever showed scores no higher than the most extreme training sample. The score
+    is therefore the larger of the forest's score and an envelope score, 1 − exp(−e / 2), where
+    e is how many standard deviations the sample lies outside the training range on its worst
+    feature (0 inside it).
+    """
 
     kind: DeviceKind
     columns: list[str]
     medians: pd.Series
     scaler: Any
     forest: Any
+    # Training range of each standardised feature.
+    low: np.ndarray[Any, np.dtype[np.float64]]
+    high: np.ndarray[Any, np.dtype[np.float64]]
     # Score above which a sample is flagged: the (1 − contamination) quantile of training.
     threshold: float
 
@@ -226,11 +236,12 @@ class DeviceModel:
         medians = table.median()
         table = table.fillna(medians).fillna(0.0)
         scaler = StandardScaler().fit(table.to_numpy())
-        forest = IsolationForest(n_estimators=200, random_state=random_state)
-        forest.fit(scaler.transform(table.to_numpy()))
-        train = -forest.score_samples(scaler.transform(table.to_numpy()))
+        scaled = scaler.transform(table.to_numpy())
+        forest = IsolationForest(n_estimators=200, random_state=random_state).fit(scaled)
+        train = -forest.score_samples(scaled)
         threshold = float(np.quantile(train, 1.0 - contamination))
-        return cls(kind, list(table.columns), medians, scaler, forest, threshold)
+        low, high = scaled.min(axis=0), scaled.max(axis=0)
+        return cls(kind, list(table.columns), medians, scaler, forest, low, high, threshold)
 
     def score(self, recent: pd.DataFrame) -> pd.DataFrame:
         """Per sample time: `score` in (0, 1] (higher is stranger), `flag`, `top_feature`."""
@@ -239,8 +250,14 @@ class DeviceModel:
         if table.empty:
             return pd.DataFrame(columns=["score", "flag", "top_feature"])
         scaled = self.scaler.transform(table.to_numpy())
-        scores = -self.forest.score_samples(scaled)
-        top = np.asarray(self.columns)[np.abs(scaled).argmax(axis=1)]
+        outside = np.maximum(scaled - self.high, self.low - scaled).clip(min=0)
+        envelope = 1.0 - np.exp(-outside.max(axis=1) / 2.0)
+        scores = np.maximum(-self.forest.score_samples(scaled), envelope)
+        # The feature furthest outside the training range, else the most unusual one.
+        worst = np.where(
+            outside.max(axis=1) > 0, outside.argmax(axis=1), np.abs(scaled).argmax(axis=1)
+        )
+        top = np.asarray(self.columns)[worst]
         return pd.DataFrame(
             {"score": scores, "flag": scores > self.threshold, "top_feature": top},
             index=table.index,

@@ -67,6 +67,7 @@ class SimDevice:
         self,
         ref: str,
         kind: DeviceKind,
+        *,
         twin: Twin,
         clock: tuple[float, float],
         seq0: int,
@@ -110,7 +111,10 @@ class SimDevice:
         value = t + self.offset_s + self.drift_ppm * 1e-6 * (t - self.ctx.start)
         for fault in self._faults:
             options = fault.options
-            if isinstance(options, ClockSkew) and fault.at <= t < fault.at + options.duration.total_seconds():
+            if (
+                isinstance(options, ClockSkew)
+                and fault.at <= t < fault.at + options.duration.total_seconds()
+            ):
                 value += options.offset.total_seconds()
         return value
 
@@ -138,8 +142,12 @@ class SimDevice:
                     self._send(out, at, "telemetry", self._reading(at))
             elif name == "event":
                 if self.powered:
-                    item = {"seq": self._next_seq(), "ts": rfc3339_local(self.device_time(at)),
-                            "type": obj.type, "data": obj.data}
+                    item = {
+                        "seq": self._next_seq(),
+                        "ts": rfc3339_local(self.device_time(at)),
+                        "type": obj.type,
+                        "data": obj.data,
+                    }
                     self._send(out, at, "events", item)
             else:
                 self._act(out, at, name, obj)
@@ -154,17 +162,27 @@ class SimDevice:
         metrics = self.twin.values(t)
         for fault in self._faults:
             options = fault.options
-            if isinstance(options, StuckSensor) and fault.at <= t < fault.at + options.duration.total_seconds():
+            if (
+                isinstance(options, StuckSensor)
+                and fault.at <= t < fault.at + options.duration.total_seconds()
+            ):
                 metric = options.metric or DEFAULT_METRIC[self.kind][0]
                 self._stuck.setdefault(fault.index, metrics[metric])
                 metrics[metric] = self._stuck[fault.index]
-            elif isinstance(options, OutOfRange) and t >= fault.at and self._oor_left[fault.index] > 0:
+            elif (
+                isinstance(options, OutOfRange)
+                and t >= fault.at
+                and self._oor_left[fault.index] > 0
+            ):
                 metric, value = DEFAULT_METRIC[self.kind]
                 metric = options.metric or metric
                 metrics[metric] = options.value if options.value is not None else value
                 self._oor_left[fault.index] -= 1
-        item = {"seq": self._next_seq(), "ts": round(self.device_time(t) * 1000),
-                "metrics": {k: _compact(v) for k, v in metrics.items()}}
+        item = {
+            "seq": self._next_seq(),
+            "ts": round(self.device_time(t) * 1000),
+            "metrics": {k: _compact(v) for k, v in metrics.items()},
+        }
         self._history.append((t, item))
         return item
 
@@ -209,7 +227,9 @@ class SimDevice:
     def _flush_backlog(self, out: list[Outgoing], at: float) -> None:
         for channel, items in self._backlog.items():
             for i in range(0, len(items), BACKLOG_CHUNK):
-                out.append(Outgoing(at, self.ref, channel, orjson.dumps(items[i : i + BACKLOG_CHUNK])))
+                out.append(
+                    Outgoing(at, self.ref, channel, orjson.dumps(items[i : i + BACKLOG_CHUNK]))
+                )
                 self.sent += 1
             items.clear()
 
@@ -223,8 +243,10 @@ class SimDevice:
             if options.variant == "new_ts":
                 item["ts"] = round(self.device_time(at) * 1000) + i * 1000
             else:
-                item["metrics"] = {k: _compact(round(v * 1.05 + 1, 2)) if k not in _FLAGS else 1 - v
-                                   for k, v in old["metrics"].items()}
+                item["metrics"] = {
+                    k: _compact(round(v * 1.05 + 1, 2)) if k not in _FLAGS else 1 - v
+                    for k, v in old["metrics"].items()
+                }
             self._send(out, at, "telemetry", item)
 
 

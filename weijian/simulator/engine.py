@@ -1,4 +1,4 @@
-"""The simulation engine: advances simulated time in steps and hands each step's messages to a sink."""
+"""The simulation engine: advances simulated time in steps, hands each step's messages to a sink."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ class MemorySink:
     retained: dict[str, bytes] = field(default_factory=dict)
 
     def send(self, messages: Sequence[Outgoing]) -> None:
-        for message in messages:
+        for original in messages:
+            message = original
             if message.action == "disconnect":
                 continue
             if message.action == "disconnect_will":
@@ -145,7 +146,7 @@ class Simulation:
             advance = self._progress(stack, total)
             for sim_time, messages in self.steps():
                 self.sink.send(messages)
-                sent += sum(1 for m in messages if m.action == "publish" or m.action == "connect")
+                sent += sum(1 for m in messages if m.action in {"publish", "connect"})
                 steps += 1
                 if self.clock is not None:
                     self.clock.set(sim_time)
@@ -153,8 +154,15 @@ class Simulation:
                     self.on_step(sim_time)
                 advance(sim_time.timestamp() - self.plan.start)
                 self._pace(wall0, sim_time.timestamp() - self.plan.start)
-        return RunStats(self.scenario.name, len(self.plan.devices), sent, steps,
-                        self.scenario.start, self.scenario.end, time.monotonic() - wall0)
+        return RunStats(
+            self.scenario.name,
+            len(self.plan.devices),
+            sent,
+            steps,
+            self.scenario.start,
+            self.scenario.end,
+            time.monotonic() - wall0,
+        )
 
     def _pace(self, wall0: float, sim_elapsed: float) -> None:
         if self.speed is None:
@@ -170,10 +178,15 @@ class Simulation:
             return lambda done: None
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-        bar = stack.enter_context(Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(),
-            TextColumn("{task.fields[sim]}"), TimeRemainingColumn(), transient=True,
-        ))
+        bar = stack.enter_context(
+            Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[sim]}"),
+                TimeRemainingColumn(),
+                transient=True,
+            )
+        )
         task = bar.add_task(self.scenario.name, total=total, sim="")
 
         def advance(done: float) -> None:

@@ -29,10 +29,15 @@ from weijian.simulator.twins.process import ChlorineTank, DishMachine, LineMeter
 from weijian.simulator.twins.thermal import Cabinet
 from weijian.simulator.twins.waste import WasteScale, WasteStoreEnv
 
-_PROCESS_KINDS = frozenset({
-    DeviceKind.STEAM_CABINET, DeviceKind.INFRARED_CABINET, DeviceKind.DISH_MACHINE,
-    DeviceKind.CHLORINE_TANK, DeviceKind.LINE_METER,
-})
+_PROCESS_KINDS = frozenset(
+    {
+        DeviceKind.STEAM_CABINET,
+        DeviceKind.INFRARED_CABINET,
+        DeviceKind.DISH_MACHINE,
+        DeviceKind.CHLORINE_TANK,
+        DeviceKind.LINE_METER,
+    }
+)
 _DISINFECTION_KINDS = _PROCESS_KINDS - {DeviceKind.LINE_METER}
 _MARGIN_S = 1800.0
 
@@ -71,7 +76,9 @@ def plan_scenario(scenario: Scenario) -> ScenarioPlan:
     for site in scenario.sites:
         planner.site(site)
     planner.check_process_faults()
-    return ScenarioPlan(scenario, planner.devices, sorted(planner.labels, key=lambda lb: lb.detectable_at))
+    return ScenarioPlan(
+        scenario, planner.devices, sorted(planner.labels, key=lambda lb: lb.detectable_at)
+    )
 
 
 class _Planner:
@@ -84,7 +91,9 @@ class _Planner:
         self.faults: dict[str, list[PlannedFault]] = {}
         for index, fault in enumerate(scenario.faults):
             ref = device_ref(fault.site, fault.device or "")
-            planned = PlannedFault(index, fault.type, fault.options(), scenario.fault_at(fault).timestamp())
+            planned = PlannedFault(
+                index, fault.type, fault.options(), scenario.fault_at(fault).timestamp()
+            )
             self.faults.setdefault(ref, []).append(planned)
         self._hit: set[int] = set()
 
@@ -119,19 +128,26 @@ class _Planner:
             ctx, dev_rng = contexts[spec.key]
             twin = twins[spec.key]
             self._process_labels(site, spec, twin)
-            data = [f for f in self.faults.get(device_ref(site.key, spec.key), [])
-                    if FAULTS[f.type].layer == "data"]
+            data = [
+                f
+                for f in self.faults.get(device_ref(site.key, spec.key), [])
+                if FAULTS[f.type].layer == "data"
+            ]
             for fault in data:
                 self._data_label(site, spec, twin, fault, profile)
             clock = (
-                spec.clock_offset.total_seconds() if spec.clock_offset is not None
+                spec.clock_offset.total_seconds()
+                if spec.clock_offset is not None
                 else round(float(dev_rng.uniform(-30, 30)), 3),
-                spec.clock_drift_ppm if spec.clock_drift_ppm is not None
+                spec.clock_drift_ppm
+                if spec.clock_drift_ppm is not None
                 else float(dev_rng.uniform(-20, 20)),
             )
             seq0 = int(dev_rng.integers(0, 100_000))
             ref = device_ref(site.key, spec.key)
-            self.devices.append(SimDevice(ref, spec.kind, twin, clock, seq0, data))
+            self.devices.append(
+                SimDevice(ref, spec.kind, twin=twin, clock=clock, seq0=seq0, data_faults=data)
+            )
 
     # -- contexts ---------------------------------------------------------------------------
     def _shifts(self, site: SiteSpec) -> list[Window]:
@@ -151,11 +167,19 @@ class _Planner:
             for fault in self.faults.get(device_ref(site.key, spec.key), []):
                 if isinstance(fault.options, PackingWithoutDisinfection):
                     before = fault.options.quiet_before.total_seconds()
-                    out.append((fault.at - before, fault.at + fault.options.duration.total_seconds()))
+                    out.append(
+                        (fault.at - before, fault.at + fault.options.duration.total_seconds())
+                    )
         return out
 
-    def _context(self, site: SiteSpec, spec: DeviceSpec, profile: Profile, shifts: list[Window],
-                 blackout: list[Window]) -> tuple[TwinContext, np.random.Generator]:
+    def _context(
+        self,
+        site: SiteSpec,
+        spec: DeviceSpec,
+        profile: Profile,
+        shifts: list[Window],
+        blackout: list[Window],
+    ) -> tuple[TwinContext, np.random.Generator]:
         seeds = np.random.SeedSequence(
             [self.scenario.seed, zlib.crc32(site.key.encode()), zlib.crc32(spec.key.encode())]
         ).spawn(3)
@@ -165,30 +189,61 @@ class _Planner:
         if spec.kind in _PROCESS_KINDS:
             quiet += [w for f in faults if (w := _quiet_window(f, spec.interval_s)) is not None]
         ctx = TwinContext(
-            site=site.key, device=spec.key, start=self.start, end=self.end,
-            interval=spec.interval_s, phase=float(dev_rng.uniform(0, spec.interval_s)),
-            shifts=shifts, profile=profile, params=dict(spec.params),
-            plan_rng=plan_rng, noise_rng=noise_rng,
-            faults=[f for f in faults if FAULTS[f.type].layer == "process"], quiet=quiet,
+            site=site.key,
+            device=spec.key,
+            start=self.start,
+            end=self.end,
+            interval=spec.interval_s,
+            phase=float(dev_rng.uniform(0, spec.interval_s)),
+            shifts=shifts,
+            profile=profile,
+            params=dict(spec.params),
+            plan_rng=plan_rng,
+            noise_rng=noise_rng,
+            faults=[f for f in faults if FAULTS[f.type].layer == "process"],
+            quiet=quiet,
         )
         return ctx, dev_rng
 
     # -- labels -----------------------------------------------------------------------------
-    def _label(self, rule: str, site: SiteSpec, device: str | None, fault: int, at: float,
-               start: float | None = None, end: float | None = None) -> None:
+    def _label(
+        self,
+        rule: str,
+        site: SiteSpec,
+        device: str | None,
+        fault: int,
+        at: float,
+        *,
+        start: float | None = None,
+        end: float | None = None,
+    ) -> None:
         tolerance = TOLERANCE.get(rule, DEFAULT_TOLERANCE)
         detectable = from_epoch(at)
-        self.labels.append(Label(
-            rule=rule, site=site.key, device=device, detectable_at=detectable,
-            window_end=from_epoch(end) if end is not None else detectable + tolerance,
-            scenario=self.scenario.name, fault=self.scenario.fault_id(fault),
-            window_start=from_epoch(start) if start is not None else None,
-        ))
+        self.labels.append(
+            Label(
+                rule=rule,
+                site=site.key,
+                device=device,
+                detectable_at=detectable,
+                window_end=from_epoch(end) if end is not None else detectable + tolerance,
+                scenario=self.scenario.name,
+                fault=self.scenario.fault_id(fault),
+                window_start=from_epoch(start) if start is not None else None,
+            )
+        )
         self._hit.add(fault)
 
     def _process_labels(self, site: SiteSpec, spec: DeviceSpec, twin: Twin) -> None:
         for v in twin.violations:
-            self._label(v.rule, site, spec.key, v.fault, v.detectable_at, v.window_start, v.window_end)
+            self._label(
+                v.rule,
+                site,
+                spec.key,
+                v.fault,
+                v.detectable_at,
+                start=v.window_start,
+                end=v.window_end,
+            )
 
     def check_process_faults(self) -> None:
         for index, fault in enumerate(self.scenario.faults):
@@ -201,35 +256,46 @@ class _Planner:
                     "running period or hand-over after it); move it or lengthen the scenario"
                 )
 
-    def _data_label(self, site: SiteSpec, spec: DeviceSpec, twin: Twin, fault: PlannedFault,
-                    profile: Profile) -> None:
-        ctx = twin.ctx
+    def _data_label(
+        self, site: SiteSpec, spec: DeviceSpec, twin: Twin, fault: PlannedFault, profile: Profile
+    ) -> None:
         options = fault.options
         rules = FAULTS[fault.type].rules
         if not rules:
             return
-        name = f"{self.scenario.name}: faults[{fault.index}] ({fault.type}) on {site.key}/{spec.key}"
+        name = (
+            f"{self.scenario.name}: faults[{fault.index}] ({fault.type}) on {site.key}/{spec.key}"
+        )
         has_metrics = bool(KINDS[spec.kind].metrics)
         metric_default = DEFAULT_METRIC.get(spec.kind, ("", 0.0))[0]
         metric = getattr(options, "metric", None) or metric_default
-        if isinstance(options, StuckSensor | OutOfRange) and metric not in KINDS[spec.kind].metric_names:
+        if (
+            isinstance(options, StuckSensor | OutOfRange)
+            and metric not in KINDS[spec.kind].metric_names
+        ):
             raise ScenarioError(f"{name}: {spec.kind.value} has no metric {metric!r}")
         first = self._first_message(twin, fault.at, has_metrics)
         if isinstance(options, Offline):
-            self._offline_label(name, site, spec, twin, fault, options, profile)
+            self._offline_label(
+                name, site, spec, twin, fault=fault, options=options, profile=profile
+            )
             return
         if isinstance(options, StuckSensor):
             window = float(profile.as_dict().get("flatline.window_s", DEFAULT_FLATLINE_WINDOW_S))
             if options.duration.total_seconds() < window + 600:
-                raise ScenarioError(f"{name}: duration must be at least the flat-line window "
-                                    f"({window:g} s) plus 10 min")
+                raise ScenarioError(
+                    f"{name}: duration must be at least the flat-line window "
+                    f"({window:g} s) plus 10 min"
+                )
             self._label(rules[0], site, spec.key, fault.index, first + window, start=first + 300)
             return
         if isinstance(options, ClockSkew):
             limit = profile.number("clock_skew.max_s", spec.key)
             if abs(options.offset.total_seconds()) <= limit + 60:
-                raise ScenarioError(f"{name}: |offset| must exceed clock_skew.max_s ({limit:g} s) "
-                                    "by at least a minute")
+                raise ScenarioError(
+                    f"{name}: |offset| must exceed clock_skew.max_s ({limit:g} s) "
+                    "by at least a minute"
+                )
             if first >= fault.at + options.duration.total_seconds():
                 raise ScenarioError(f"{name}: the device sends nothing while its clock is off")
         if isinstance(options, Replay) and not any(True for _ in [1]):
@@ -240,25 +306,41 @@ class _Planner:
         self._label(rules[0], site, spec.key, fault.index, at)
         self._check_env_activity(name, spec, twin, fault)
 
-    def _offline_label(self, name: str, site: SiteSpec, spec: DeviceSpec, twin: Twin,
-                       fault: PlannedFault, options: Offline, profile: Profile) -> None:
+    def _offline_label(
+        self,
+        name: str,
+        site: SiteSpec,
+        spec: DeviceSpec,
+        twin: Twin,
+        *,
+        fault: PlannedFault,
+        options: Offline,
+        profile: Profile,
+    ) -> None:
         ctx = twin.ctx
         has_metrics = bool(KINDS[spec.kind].metrics)
-        threshold = max(profile.number("offline.interval_factor", spec.key) * ctx.interval,
-                        profile.number("offline.min_s", spec.key))
+        threshold = max(
+            profile.number("offline.interval_factor", spec.key) * ctx.interval,
+            profile.number("offline.min_s", spec.key),
+        )
         if has_metrics:
-            last = max([ctx.sample_before(fault.at)] + [e.at for e in twin.events if e.at < fault.at])
+            last = max(
+                [ctx.sample_before(fault.at)] + [e.at for e in twin.events if e.at < fault.at]
+            )
         elif options.disconnect:
             last = fault.at
         else:
-            raise ScenarioError(f"{name}: a {spec.kind.value} only sends events; an outage without "
-                                "disconnect cannot be told from a quiet day")
+            raise ScenarioError(
+                f"{name}: a {spec.kind.value} only sends events; an outage without "
+                "disconnect cannot be told from a quiet day"
+            )
         if not options.backlog and spec.kind == DeviceKind.WASTE_SCALE:
             raise ScenarioError(f"{name}: a powered-off scale would lose bags; use backlog: true")
         end = fault.at + options.duration.total_seconds()
         if end < last + threshold + 60:
-            raise ScenarioError(f"{name}: duration must exceed the offline threshold "
-                                f"({threshold:g} s) by a minute")
+            raise ScenarioError(
+                f"{name}: duration must exceed the offline threshold ({threshold:g} s) by a minute"
+            )
         self._label("device.offline", site, spec.key, fault.index, last + threshold, start=fault.at)
         self._check_env_activity(name, spec, twin, fault)
 
@@ -268,7 +350,9 @@ class _Planner:
             times.append(twin.ctx.sample_at_or_after(at))
         return min(times) if times else float("inf")
 
-    def _check_env_activity(self, name: str, spec: DeviceSpec, twin: Twin, fault: PlannedFault) -> None:
+    def _check_env_activity(
+        self, name: str, spec: DeviceSpec, twin: Twin, fault: PlannedFault
+    ) -> None:
         """Room activity must not fall where the device is powered off or its clock jumps."""
         if not isinstance(twin, WasteStoreEnv):
             return
@@ -281,13 +365,19 @@ class _Planner:
                 windows.append((edge - 300, edge + 300))
         for w0, w1 in windows:
             if overlaps(w0, w1, twin.activity):
-                raise ScenarioError(f"{name}: overlaps door or UV activity around "
-                                    f"{from_epoch(w0).isoformat()}; move it")
+                raise ScenarioError(
+                    f"{name}: overlaps door or UV activity around "
+                    f"{from_epoch(w0).isoformat()}; move it"
+                )
 
 
 _ORDER = {
-    DeviceKind.STEAM_CABINET: 0, DeviceKind.INFRARED_CABINET: 0, DeviceKind.DISH_MACHINE: 1,
-    DeviceKind.CHLORINE_TANK: 2, DeviceKind.LINE_METER: 3, DeviceKind.WASTE_SCALE: 0,
+    DeviceKind.STEAM_CABINET: 0,
+    DeviceKind.INFRARED_CABINET: 0,
+    DeviceKind.DISH_MACHINE: 1,
+    DeviceKind.CHLORINE_TANK: 2,
+    DeviceKind.LINE_METER: 3,
+    DeviceKind.WASTE_SCALE: 0,
     DeviceKind.WASTE_STORE_ENV: 1,
 }
 

@@ -27,8 +27,16 @@ class DeviceCredentials:
         return f"{self.topic_root}/{self.device_id}/{channel}"
 
     @classmethod
-    def from_topics(cls, *, device_id: str, username: str, password: str, broker: str,
-                    topics: Mapping[str, str], site_id: str | None = None) -> DeviceCredentials:
+    def from_topics(
+        cls,
+        *,
+        device_id: str,
+        username: str,
+        password: str,
+        broker: str,
+        topics: Mapping[str, str],
+        site_id: str | None = None,
+    ) -> DeviceCredentials:
         """From what `weijian devices add` prints (its `topics` map gives the topic root)."""
         suffix = f"/{device_id}/telemetry"
         telemetry = topics["telemetry"]
@@ -72,13 +80,19 @@ class StaticProvisioner:
             for device in site.devices:
                 device_id = f"{self.prefix}-{site.key}-{device.key}"
                 out[device_ref(site.key, device.key)] = DeviceCredentials(
-                    device_id, self.username, self.password, self.broker_url, self.topic_root,
+                    device_id,
+                    self.username,
+                    self.password,
+                    self.broker_url,
+                    self.topic_root,
                     site.key,
                 )
         return out
 
 
-def id_maps(credentials: Mapping[str, DeviceCredentials]) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+def id_maps(
+    credentials: Mapping[str, DeviceCredentials],
+) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
     """(platform device id → (site key, device key), platform site id → site key)."""
     devices: dict[str, tuple[str, str]] = {}
     sites: dict[str, str] = {}

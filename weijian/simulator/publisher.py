@@ -3,6 +3,7 @@ caller's thread with a selector (no thread per device)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import selectors
 import ssl
@@ -40,13 +41,18 @@ class _Conn:
 def new_device_client(creds: DeviceCredentials, client_id: str) -> tuple[mqtt.Client, MqttTarget]:
     """A paho MQTT v5 client with the device's credentials and its Last Will (offline, retained)."""
     target = MqttTarget(creds.broker_url)
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=MQTTProtocolVersion.MQTTv5)
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=MQTTProtocolVersion.MQTTv5,
+    )
     client.username_pw_set(creds.username, creds.password)
     if target.tls:
         client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
     client.will_set(creds.topic("status"), OFFLINE, qos=1, retain=True)
-    client.max_inflight_messages_set(0)  # no client-side window; the broker's receive-maximum applies
+    client.max_inflight_messages_set(
+        0
+    )  # no client-side window; the broker's receive-maximum applies
     client.max_queued_messages_set(0)
     return client, target
 
@@ -109,14 +115,18 @@ class MqttPublisher:
         def on_publish(_c: mqtt.Client, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
             conn.pending.discard(mid)
             if reason.is_failure:
-                self._errors.append(f"device {ref} ({creds.device_id}): broker refused a publish: {reason}")
+                self._errors.append(
+                    f"device {ref} ({creds.device_id}): broker refused a publish: {reason}"
+                )
 
         client.on_connect = on_connect
         client.on_publish = on_publish
         try:
             client.connect(target.host, target.port, keepalive=self.keepalive, clean_start=True)
         except OSError as exc:
-            raise PublishError(f"device {ref}: cannot reach broker {target.public_url}: {exc}") from None
+            raise PublishError(
+                f"device {ref}: cannot reach broker {target.public_url}: {exc}"
+            ) from None
         sock = client.socket()
         assert sock is not None
         self._sel.register(sock, selectors.EVENT_READ, conn)
@@ -125,7 +135,10 @@ class MqttPublisher:
         while not conn.connected:
             if conn.refused:
                 self._drop(conn)
-                raise PublishError(f"device {ref} ({creds.device_id}): broker refused the connection: {conn.refused}")
+                raise PublishError(
+                    f"device {ref} ({creds.device_id}): broker refused the connection: "
+                    f"{conn.refused}"
+                )
             if time.monotonic() > deadline:
                 self._drop(conn)
                 raise PublishError(f"device {ref}: no CONNACK within {self.timeout_s:g} s")
@@ -143,15 +156,20 @@ class MqttPublisher:
     def _drop(self, conn: _Conn, *, will: bool = False) -> None:
         sock = conn.client.socket()
         if sock is not None:
-            try:
+            with contextlib.suppress(KeyError, ValueError):
                 self._sel.unregister(sock)
-            except (KeyError, ValueError):
-                pass
         if conn.connected:
-            code = ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message" if will else "Normal disconnection")
+            code = ReasonCode(
+                PacketTypes.DISCONNECT,
+                "Disconnect with will message" if will else "Normal disconnection",
+            )
             conn.client.disconnect(reasoncode=code)
             deadline = time.monotonic() + 5
-            while conn.client.want_write() and conn.client.socket() is not None and time.monotonic() < deadline:
+            while (
+                conn.client.want_write()
+                and conn.client.socket() is not None
+                and time.monotonic() < deadline
+            ):
                 conn.client.loop_write()
         self._conns.pop(conn.ref, None)
 
@@ -178,7 +196,9 @@ class MqttPublisher:
         while any(c.pending for c in self._conns.values()):
             if time.monotonic() > deadline:
                 waiting = sum(len(c.pending) for c in self._conns.values())
-                raise PublishError(f"{waiting} publishes not acknowledged within {self.timeout_s:g} s")
+                raise PublishError(
+                    f"{waiting} publishes not acknowledged within {self.timeout_s:g} s"
+                )
             self._poll(0.05)
         self._raise_errors()
 
@@ -196,7 +216,9 @@ class MqttPublisher:
     def _poll(self, timeout: float) -> None:
         for key in self._sel.get_map().values():
             conn: _Conn = key.data
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.client.want_write() else 0)
+            events = selectors.EVENT_READ | (
+                selectors.EVENT_WRITE if conn.client.want_write() else 0
+            )
             if key.events != events:
                 self._sel.modify(key.fileobj, events, conn)
         for key, mask in self._sel.select(timeout):
@@ -204,7 +226,9 @@ class MqttPublisher:
             if mask & selectors.EVENT_READ:
                 rc = conn.client.loop_read()
                 if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
-                    raise PublishError(f"device {conn.ref}: connection lost ({mqtt.error_string(rc)})")
+                    raise PublishError(
+                        f"device {conn.ref}: connection lost ({mqtt.error_string(rc)})"
+                    )
             if mask & selectors.EVENT_WRITE:
                 conn.client.loop_write()
         now = time.monotonic()

@@ -55,7 +55,7 @@ class DeviceSpec(_Model):
     kind: DeviceKind
     # Reporting interval; default: the kind's (weijian/devices/kinds.py).
     interval: Duration | None = None
-    # Device clock = true time + clock_offset + drift; defaults drawn from the seed (±30 s, ±20 ppm).
+    # Device clock = true time + clock_offset + drift; defaults from the seed (±30 s, ±20 ppm).
     clock_offset: Duration | None = None
     clock_drift_ppm: float | None = None
     # Twin parameters (setpoints, bag rates, ...), see docs/simulator.md.
@@ -132,7 +132,7 @@ def _offset_or_instant(value: object) -> object:
 
 class FaultSpec(_Model):
     type: str
-    # Offset from the scenario start (`6h30m`) or an instant with offset (2026-11-23T06:00:00+08:00).
+    # Offset from the start (`6h30m`) or an instant with offset (2026-11-23T06:00:00+08:00).
     at: Annotated[timedelta | AwareDatetime, BeforeValidator(_offset_or_instant)]
     site: Key
     device: Key | None = None

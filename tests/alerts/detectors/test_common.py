@@ -35,10 +35,10 @@ def test_bad_spells_know_how_they_ended() -> None:
         (at(seconds=50), at(seconds=50)),
         (at(seconds=70), at(seconds=80)),
     ]
-    assert spells[0].end == at(seconds=40)
+    assert spells[0].end == at(seconds=30)  # the last bad sample; a good one ended it
     assert spells[0].ended_by_good
-    assert spells[1].end == at(seconds=50)  # ended by "not applicable": last bad sample
-    assert not spells[1].ended_by_good
+    assert spells[1].end == at(seconds=50)
+    assert not spells[1].ended_by_good  # ended by data that does not apply
     assert spells[2].end is None  # still bad at the last point
     assert spells[0].duration == timedelta(seconds=20)
 

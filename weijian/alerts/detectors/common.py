@@ -75,6 +75,22 @@ def series(device: DeviceData, metric: str) -> list[Reading]:
     return sorted(device.series(metric), key=lambda r: (r.ts, r.seq or 0))
 
 
+_UNITS = {
+    "_c": "°C",
+    "_pct": "%",
+    "_mg_l": "mg/L",
+    "_kw": "kW",
+    "_l_min": "L/min",
+    "_m_min": "m/min",
+    "_total": "件",
+}
+
+
+def metric_unit(metric: str) -> str:
+    """The unit a metric name carries (docs/protocol.md: names end in their unit)."""
+    return next((unit for suffix, unit in _UNITS.items() if metric.endswith(suffix)), "")
+
+
 def seconds(profile_value: float) -> timedelta:
     return timedelta(seconds=profile_value)
 
@@ -132,9 +148,10 @@ class Spell:
     """A run of consecutive bad points (a gap longer than the allowed one breaks it)."""
 
     points: tuple[Point, ...]
-    # When the condition is known to have ended: the good point that ended it, or the last bad
-    # point when data stopped applying (gap, not applicable); None while it still holds.
+    # The last bad point once the spell is over (so the point that ended it is later evidence
+    # of compliance); None while it still holds.
     end: datetime | None
+    # Whether a good point ended it (rather than a gap or data that does not apply).
     ended_by_good: bool
 
     @property
@@ -162,7 +179,7 @@ def bad_spells(points: Sequence[Point], max_gap: timedelta) -> list[Spell]:
     for point in points:
         if run and (point.bad is not True or point.ts - run[-1].ts > max_gap):
             good = point.bad is False and point.ts - run[-1].ts <= max_gap
-            found.append(Spell(tuple(run), point.ts if good else run[-1].ts, good))
+            found.append(Spell(tuple(run), run[-1].ts, good))
             run = []
         if point.bad is True:
             run.append(point)

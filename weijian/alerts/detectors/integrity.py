@@ -14,6 +14,7 @@ from weijian.alerts.detectors.common import (
     Spell,
     iso,
     level_findings,
+    metric_unit,
     mmss,
     seconds,
     series,
@@ -54,7 +55,7 @@ def flat_runs(samples: Sequence[Reading], max_gap: timedelta) -> list[Spell]:
             sample is None or sample.value != run[0].value or sample.ts - run[-1].ts > max_gap
         ):
             changed = sample is not None and sample.ts - run[-1].ts <= max_gap
-            end = None if sample is None else (sample.ts if changed else run[-1].ts)
+            end = None if sample is None else run[-1].ts
             runs.append(Spell(tuple(Point(r.ts, r.value, True) for r in run), end, changed))
             run = []
         if sample is not None:
@@ -134,7 +135,7 @@ class FlatlineDetector(DeviceDetector):
             unit="s",
             summary=(
                 f"{metric} 连续 {len(run.points)} 个数据恒为 {run.values[0]:g}"
-                f"（{mmss(run.duration)}），疑似传感器卡死或数据造假"
+                f"（持续 {mmss(run.duration)}），疑似传感器卡死或数据造假"
             ),
             evidence_from=run.first,
             evidence_to=run.end or run.last,
@@ -148,9 +149,10 @@ class FlatlineDetector(DeviceDetector):
     ) -> Finding | None:
         """Positive evidence: the value changed after the last flat run (or varies at all)."""
         if flat:
-            if not flat[-1].ended_by_good or flat[-1].end is None:
+            if not flat[-1].ended_by_good:
                 return None
-            since, episode = flat[-1].end, spell_episode(metric, flat[-1])
+            since = runs[runs.index(flat[-1]) + 1].first
+            episode = spell_episode(metric, flat[-1])
         elif len(runs) >= 2:
             since, episode = runs[1].first, f"{metric}@varying"
         else:
@@ -208,7 +210,7 @@ class OutOfRangeDetector(DeviceDetector):
                 spec=self.rule,
                 metric=spec.name,
                 limit=spec.high,
-                unit="",
+                unit=metric_unit(spec.name),
                 severity=Sev.WARNING,
                 max_gap=max_gap,
                 clear_after=clear_after,
@@ -248,7 +250,7 @@ class OutOfRangeDetector(DeviceDetector):
                     ended_at=b.ts,
                     value=round(rate, 3),
                     limit=spec.max_rate_per_s,
-                    unit="/s",
+                    unit=f"{metric_unit(spec.name)}/s",
                     summary=(
                         f"{spec.name} 在 {(b.ts - a.ts).total_seconds():g} 秒内从 {a.value:g} "
                         f"变为 {b.value:g}，变化速率 {rate:.2f}/s 超出物理可能"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from weijian.alerts.detectors.common import DeviceDetector, iso, local_time, mmss
@@ -34,7 +35,9 @@ class OfflineDetector(DeviceDetector):
     (`DeviceData.last_seen`, else the latest receive time in the data) — never on device time,
     so a backlog arriving late and out of order counts as presence, and a wrong device clock
     cannot fake it. A Last-Will `online=false` does not shorten the wait (it flaps on brief
-    reconnects); a stale retained `online=true` does not lengthen it.
+    reconnects); a stale retained `online=true` does not lengthen it. Devices that only send
+    events (the waste scale) are silent by design between bags: for them only a broker
+    `online=false` plus the silence counts, and `online=true` is presence.
 
     Episode = the last-seen time (fixed while silent); severity rises from warning to major
     after `offline.major_after_h`. Back online clears, naming the outage it ended when the
@@ -47,50 +50,51 @@ class OfflineDetector(DeviceDetector):
 
     def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
         heard = [t for t in receive_times(device) if t <= now]
-        last_seen = device.last_seen or (heard[-1] if heard else None)
-        if last_seen is None:
+        seen = [t for t in (device.last_seen, heard[-1] if heard else None) if t is not None]
+        if not seen:
             return []  # never heard from: nothing to measure silence from
+        last_seen = max(seen)
         limit = offline_after(site, device)
         silent = now - last_seen
-        base = {
-            "rule": self.rule.id,
-            "site_id": site.site_id,
-            "device_id": device.device_id,
-            "limit": limit.total_seconds(),
-            "unit": "s",
-        }
+        if not kind_spec(device.kind).metrics and device.online is not False:
+            if device.online is None and silent >= limit:
+                return []  # event-only and quiet, connection unknown: no evidence either way
+            silent = timedelta(0)
+        base = Finding(
+            rule=self.rule.id,
+            site_id=site.site_id,
+            device_id=device.device_id,
+            state="clear",
+            severity=Sev.WARNING,
+            value=silent.total_seconds(),
+            limit=limit.total_seconds(),
+            unit="s",
+        )
         if silent >= limit:
             major = timedelta(hours=site.profile.number("offline.major_after_h", device.device_id))
+            summary = f"设备自 {local_time(last_seen)} 起已 {mmss(silent)} 未上报数据"
             return [
-                Finding(
+                replace(
+                    base,
                     state="firing",
                     severity=Sev.MAJOR if silent >= major else Sev.WARNING,
                     started_at=last_seen,
-                    value=silent.total_seconds(),
-                    summary=(
-                        f"设备自 {local_time(last_seen)} 起已 {mmss(silent)} 未上报数据"
-                        f"（阈值 {mmss(limit)}）"
-                    ),
+                    summary=f"{summary}（阈值 {mmss(limit)}）",
                     evidence_from=last_seen,
                     evidence_to=now,
                     episode=iso(last_seen),
                     details={"online_flag": device.online},
-                    **base,  # type: ignore[arg-type]
                 )
             ]
         outage = _last_outage([t for t in heard if t <= last_seen], limit)
         return [
-            Finding(
-                state="clear",
-                severity=Sev.WARNING,
-                value=silent.total_seconds(),
+            replace(
+                base,
                 summary="设备已恢复上报",
-                started_at=outage[0] if outage else None,
-                ended_at=outage[1] if outage else None,
                 evidence_from=outage[1] if outage else last_seen,
                 evidence_to=last_seen,
                 episode=iso(outage[0]) if outage else f"online@{iso(last_seen)}",
-                **base,  # type: ignore[arg-type]
+                details={"online_flag": device.online},
             )
         ]
 

@@ -101,7 +101,7 @@ class DoorOpenDetector(DeviceDetector):
         points = [Point(r.ts, r.value, r.value >= 0.5) for r in series(device, "door_open")]
 
         def describe(spell: Spell) -> tuple[float, str]:
-            state = "仍未关闭" if spell.end is None else f"于 {local_time(spell.end)} 关闭"
+            state = "仍未关闭" if spell.end is None else "现已关闭"
             return spell.duration.total_seconds() / 60.0, (
                 f"暂存间门自 {local_time(spell.first)} 起持续打开 {mmss(spell.duration)}，"
                 f"超过 {limit_min:g} 分钟，{state}"
@@ -143,7 +143,8 @@ class UvDetector:
 
     rule = rule("waste.uv_not_done")
     device_kinds = frozenset({DeviceKind.WASTE_STORE_ENV, DeviceKind.WASTE_SCALE})
-    lookback = timedelta(days=3)
+    # Enough to hold yesterday whole at any time of today.
+    lookback = timedelta(hours=49)
 
     def __call__(self, site: SiteData, now: datetime) -> list[Finding]:
         handovers = [
@@ -164,7 +165,7 @@ class UvDetector:
     ) -> list[Finding]:
         need = timedelta(minutes=site.profile.number("waste.min_uv_min_per_day", device.device_id))
         findings: list[Finding] = []
-        day = local_day(now - self.lookback) + timedelta(days=1)  # first whole day
+        day = local_day(now - self.lookback) + timedelta(days=1)  # the first whole day
         while day_bounds(day)[1] <= now:
             start, end = day_bounds(day)
             findings += self._period(

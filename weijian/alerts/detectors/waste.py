@@ -217,9 +217,9 @@ class StorageOverdueDetector(DeviceDetector):
     ) -> Finding:
         over = age > limit
         if bag.out_at is None:
-            summary = f"{bag.describe()} 已暂存 {_hours(age):.1f} 小时仍未交接"
+            summary = f"{bag.describe()}已暂存 {_hours(age):.1f} 小时仍未交接"
         else:
-            summary = f"{bag.describe()} 暂存 {_hours(age):.1f} 小时后才交接"
+            summary = f"{bag.describe()}暂存 {_hours(age):.1f} 小时后才交接"
         bound = limit if over else warn
         return Finding(
             rule=self.rule.id,
@@ -327,7 +327,7 @@ class BagMissingDetector(DeviceDetector):
                     limit=_hours(grace),
                     unit="h",
                     summary=(
-                        f"{bag.describe()} {local_time(bag.in_at)} 入库，"
+                        f"{bag.describe()}于 {local_time(bag.in_at)} 入库，"
                         f"{local_time(skipped.ts)} 交接（联单 {skipped.episode}）未包含该袋，"
                         f"此后 {_hours(now - skipped.ts):.1f} 小时仍无交接记录，疑似流失"
                     ),
@@ -342,7 +342,9 @@ class BagMissingDetector(DeviceDetector):
                     },
                 )
             )
+        if any(bag.skipped_by for bag in book.in_store()):
+            return findings  # suspected or still in its grace period: no all-clear
         clear = store_clear(
             self.rule.id, site, device, book=book, now=now, summary="已交接，无疑似流失医疗废物"
         )
-        return [*findings, clear] if clear else findings
+        return [clear] if clear else []

@@ -6,6 +6,7 @@ import bisect
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -117,6 +118,14 @@ class Twin:
         return sorted((f for f in self.ctx.faults if f.type in types), key=lambda f: f.at)
 
 
+def duration_s(options: FaultParams) -> float:
+    """The `duration` parameter of a fault, in seconds."""
+    value = getattr(options, "duration", None)
+    if not isinstance(value, timedelta):
+        raise TypeError(f"{type(options).__name__} has no duration")
+    return value.total_seconds()
+
+
 def overlaps(a: float, b: float, windows: Iterable[Window]) -> bool:
     return any(a < w1 and w0 < b for w0, w1 in windows)
 
@@ -186,7 +195,9 @@ class FirstOrder:
         target = self._targets[i]
         return target + (self._values[i] - target) * math.exp(-dt / self._taus[i])
 
-    def first_crossing(self, t0: float, t1: float, level: float, below: bool, step: float) -> float | None:
+    def first_crossing(
+        self, t0: float, t1: float, level: float, below: bool, step: float
+    ) -> float | None:
         """First time in [t0, t1] (on a `step` grid) the value is below (or above) `level`."""
         t = t0
         while t <= t1:

@@ -16,6 +16,7 @@ from weijian.simulator.twins.base import (
     TwinContext,
     Window,
     bounded_noise,
+    duration_s,
     inside,
     merge,
     subtract,
@@ -55,7 +56,9 @@ class DishMachine(Twin):
         self.wash = self._lag(merge(heat), self.wash_set, [])
         self.running: list[Window] = []
         for (on, off), (r0, _) in zip(heat, runs, strict=True):
-            warm = on + time_to(self.rinse.value(on), self.rinse_set, self.limit + 1.5, _RINSE_TAU_S)
+            warm = on + time_to(
+                self.rinse.value(on), self.rinse_set, self.limit + 1.5, _RINSE_TAU_S
+            )
             if max(warm, r0) < off:
                 self.running.append((max(warm, r0), off))
         self._fast = self._fault_windows("conveyor_fast")
@@ -66,12 +69,13 @@ class DishMachine(Twin):
     def _fault_windows(self, kind: str) -> list[tuple[float, float, PlannedFault]]:
         out = []
         for fault in self.faults_of(kind):
-            duration = getattr(fault.options, "duration").total_seconds()
+            duration = duration_s(fault.options)
             out.append((fault.at, fault.at + duration, fault))
         return out
 
-    def _lag(self, heat: list[Window], setpoint: float,
-             cold: list[tuple[float, float, PlannedFault]]) -> FirstOrder:
+    def _lag(
+        self, heat: list[Window], setpoint: float, cold: list[tuple[float, float, PlannedFault]]
+    ) -> FirstOrder:
         model = FirstOrder(self.ctx.start - 86400, ambient_c(self.ctx.start))
         bounds = sorted({t for w in heat for t in w} | {t for a, b, _ in cold for t in (a, b)})
         for t in bounds:
@@ -91,8 +95,12 @@ class DishMachine(Twin):
 
     def _violations(self) -> None:
         for a, b, fault in self._cold:
-            first = _first_sample(self.ctx, a, b, lambda t: inside(t, self.running)
-                                  and self.rinse.value(t) < self.limit - 0.35)
+            first = _first_sample(
+                self.ctx,
+                a,
+                b,
+                lambda t: inside(t, self.running) and self.rinse.value(t) < self.limit - 0.35,
+            )
             if first is not None:
                 self.violate("disinfection.temperature_low", fault, first)
         for a, b, fault in self._fast:
@@ -110,7 +118,9 @@ class DishMachine(Twin):
                 if a <= t < b:
                     options = fault.options
                     assert isinstance(options, ConveyorFast)
-                    speed = (options.speed_m_min or self.max_speed * 1.6) + bounded_noise(rng, 0.01, 0.02)
+                    speed = (options.speed_m_min or self.max_speed * 1.6) + bounded_noise(
+                        rng, 0.01, 0.02
+                    )
         wobble = 0.4 * math.sin(2 * math.pi * t / 200.0)
         return {
             "wash_temp_c": round(self.wash.value(t) + wobble + bounded_noise(rng, 0.15, 0.4), 2),
@@ -120,7 +130,9 @@ class DishMachine(Twin):
         }
 
 
-def _first_sample(ctx: TwinContext, a: float, b: float, ok: Callable[[float], bool]) -> float | None:
+def _first_sample(
+    ctx: TwinContext, a: float, b: float, ok: Callable[[float], bool]
+) -> float | None:
     t = ctx.sample_at_or_after(a)
     while t < b:
         if ok(t):
@@ -130,7 +142,7 @@ def _first_sample(ctx: TwinContext, a: float, b: float, ok: Callable[[float], bo
 
 
 class ChlorineTank(Twin):
-    """A chlorine immersion tank: the dosing pump keeps available chlorine up; baskets go in and out."""
+    """A chlorine immersion tank: a dosing pump keeps available chlorine up; baskets go in, out."""
 
     metric_names = ("chlorine_mg_l",)
 
@@ -161,8 +173,11 @@ class ChlorineTank(Twin):
         self._low = self._plan_low()
         self._plan_dosing()
         bad = [(a - 60, b + 600) for a, b, _ in self._low]
-        self.effective = [(out, out) for _, bin_, out, fault in self.baskets
-                          if fault is None and not inside(bin_, bad) and not inside(out, bad)]
+        self.effective = [
+            (out, out)
+            for _, bin_, out, fault in self.baskets
+            if fault is None and not inside(bin_, bad) and not inside(out, bad)
+        ]
 
     def _basket(self, t_in: float, t_out: float, fault: PlannedFault | None) -> None:
         day = datetime.fromtimestamp(t_in, LOCAL_TZ).strftime("%Y%m%d")
@@ -186,10 +201,13 @@ class ChlorineTank(Twin):
         return out
 
     def _plan_dosing(self) -> None:
-        """Walk through time: decay (faster in shifts), re-dose at the threshold, dilution faults."""
+        """Walk through time: decay (faster in shifts), re-dose at the threshold, dilutions."""
         ctx = self.ctx
-        bounds = sorted({t for w in ctx.shifts for t in w} | {t for a, b, _ in self._low for t in (a, b)}
-                        | {ctx.start, ctx.end})
+        bounds = sorted(
+            {t for w in ctx.shifts for t in w}
+            | {t for a, b, _ in self._low for t in (a, b)}
+            | {ctx.start, ctx.end}
+        )
         bounds = [b for b in bounds if ctx.start <= b <= ctx.end]
         tau_shift = 4 * 3600.0 * ctx.plan_rng.uniform(0.8, 1.2)
         tau_idle = 40 * 3600.0
@@ -203,7 +221,9 @@ class ChlorineTank(Twin):
                 if t == low[0]:
                     self.model.set(t, options.mg_l * 0.95, 25.0)
                     self.model.set(t + 150.0, 0.0, tau)
-                    first = _first_sample(ctx, t, low[1], lambda s: self.model.value(s) < self.limit - 5)
+                    first = _first_sample(
+                        ctx, t, low[1], lambda s: self.model.value(s) < self.limit - 5
+                    )
                     if first is not None:
                         self.violate("disinfection.chlorine_low", low[2], first)
                 continue  # the pump is off during the fault
@@ -244,7 +264,7 @@ class LineMeter(Twin):
         packing = [(a + rng.uniform(0, 60), b + PACKING_TAIL_S) for a, b in effective]
         packing = subtract(merge(packing), ctx.quiet)
         for fault in self.faults_of("packing_without_disinfection"):
-            duration = getattr(fault.options, "duration").total_seconds()
+            duration = duration_s(fault.options)
             packing.append((fault.at, fault.at + duration))
             first = ctx.sample_at_or_after(fault.at) + ctx.interval
             self.violate("disinfection.released_undisinfected", fault, first)

@@ -99,7 +99,7 @@ class Cabinet(Twin):
         at_temp = close + time_to(start_temp, setpoint, self.limit + _HOLD_MARGIN_C, self._tau)
         target = setpoint
         if fault is not None and isinstance(fault.options, ShortHold):
-            hold = (fault.options.hold.total_seconds() if fault.options.hold else 0.6 * self.min_hold)
+            hold = fault.options.hold.total_seconds() if fault.options.hold else 0.6 * self.min_hold
             hold = min(hold, self.min_hold - 3 * self.ctx.interval - 30)
         if fault is not None and isinstance(fault.options, NoHeat):
             target = self.limit - fault.options.below_c
@@ -116,9 +116,17 @@ class Cabinet(Twin):
         unloaded = opened + rng.uniform(120, 240)
         day = datetime.fromtimestamp(close, LOCAL_TZ).strftime("%Y%m%d")
         number = sum(1 for b in self.batches if b.batch_id.startswith(f"{self.ctx.device}-{day}"))
-        batch = Batch(f"{self.ctx.device}-{day}-{number + 1:03d}", load, round(close),
-                      at_temp, round(heat_off), opened, unloaded, setpoint,
-                      fault.type if fault else None)
+        batch = Batch(
+            f"{self.ctx.device}-{day}-{number + 1:03d}",
+            load,
+            round(close),
+            at_temp,
+            round(heat_off),
+            opened,
+            unloaded,
+            setpoint,
+            fault.type if fault else None,
+        )
         self.batches.append(batch)
         self._door += [(load, close), (opened, unloaded)]
         data = {"batch_id": batch.batch_id}
@@ -128,7 +136,8 @@ class Cabinet(Twin):
             self.effective.append((batch.heat_off, batch.heat_off))
         else:
             rule = (
-                "disinfection.temperature_low" if isinstance(fault.options, NoHeat)
+                "disinfection.temperature_low"
+                if isinstance(fault.options, NoHeat)
                 else "disinfection.hold_time_short"
             )
             if not any(v.fault == fault.index for v in self.violations):

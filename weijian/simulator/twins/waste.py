@@ -15,6 +15,7 @@ from weijian.simulator.twins.base import (
     TwinContext,
     Window,
     bounded_noise,
+    duration_s,
     inside,
     merge,
 )
@@ -100,7 +101,7 @@ class WasteScale(Twin):
         t = local_midnight(ctx.start) + clock * 3600.0
         while t < ctx.start + 3600:
             t += every
-        suspended = [(f.at, f.at + _duration(f.options)) for f in self.faults_of("overdue_waste")]
+        suspended = [(f.at, f.at + duration_s(f.options)) for f in self.faults_of("overdue_waste")]
         mismatch = self.faults_of("weight_mismatch")
         while t < ctx.end:
             when = float(round(t + rng.uniform(-1800, 1800)))
@@ -109,7 +110,12 @@ class WasteScale(Twin):
                 continue
             for bag in self.bags:
                 # A missing bag disappears before the next hand-over after it came in.
-                if bag.missing and bag.at < when - 120 and bag.out_at is not None and bag.out_at >= when:
+                if (
+                    bag.missing
+                    and bag.at < when - 120
+                    and bag.out_at is not None
+                    and bag.out_at >= when
+                ):
                     bag.out_at = when - 600
             taken = [b for b in self.bags if b.at < when - 120 and b.out_at is None]
             if not taken:
@@ -126,7 +132,9 @@ class WasteScale(Twin):
                 bag.out_at = when
             stamp = datetime.fromtimestamp(when, LOCAL_TZ).strftime("%Y%m%d")
             manifest = f"ZY{stamp}{int(rng.integers(100000, 999999))}"
-            self.handovers.append(HandOver(when, [b.bag_id for b in taken], round(weight, 2), manifest))
+            self.handovers.append(
+                HandOver(when, [b.bag_id for b in taken], round(weight, 2), manifest)
+            )
         self._missing_violations()
         self._overdue_violations()
 
@@ -144,28 +152,37 @@ class WasteScale(Twin):
         for fault in self.faults_of("overdue_waste"):
             options = fault.options
             assert isinstance(options, OverdueWaste)
-            late = [b for b in self.bags if not b.missing
-                    and (b.out_at if b.out_at is not None else self.ctx.end) - b.at > self.max_storage_s]
+            late = [
+                b
+                for b in self.bags
+                if not b.missing
+                and (b.out_at if b.out_at is not None else self.ctx.end) - b.at > self.max_storage_s
+            ]
             if late:
                 oldest = min(b.at for b in late)
-                self.violate("waste.storage_overdue", fault, oldest + self.max_storage_s,
-                             start=oldest + warn)
+                self.violate(
+                    "waste.storage_overdue", fault, oldest + self.max_storage_s, start=oldest + warn
+                )
 
     def _events(self) -> None:
         for bag in self.bags:
-            data = {"bag_id": bag.bag_id, "category": bag.category, "weight_kg": bag.weight_kg,
-                    "dept": bag.dept}
+            data = {
+                "bag_id": bag.bag_id,
+                "category": bag.category,
+                "weight_kg": bag.weight_kg,
+                "dept": bag.dept,
+            }
             self.events.append(PlannedEvent(bag.at, "bag_in", data))
         transporter = str(self.ctx.params.get("transporter", TRANSPORTER))
         for h in self.handovers:
-            data = {"bag_ids": h.bag_ids, "weight_kg": h.weight_kg, "manifest_no": h.manifest_no,
-                    "transporter": transporter}
+            data = {
+                "bag_ids": h.bag_ids,
+                "weight_kg": h.weight_kg,
+                "manifest_no": h.manifest_no,
+                "transporter": transporter,
+            }
             self.events.append(PlannedEvent(h.at, "bag_out", data))
         self.events.sort(key=lambda e: e.at)
-
-
-def _duration(options: object) -> float:
-    return float(getattr(options, "duration").total_seconds())
 
 
 class WasteStoreEnv(Twin):
@@ -178,7 +195,9 @@ class WasteStoreEnv(Twin):
         rng = ctx.plan_rng
         self.cold = cold
         self.limit = ctx.limit("waste.max_temp_c")
-        self.base_c = ctx.param("base_temp_c", rng.uniform(13.0, 15.0) if cold else rng.uniform(21, 24))
+        self.base_c = ctx.param(
+            "base_temp_c", rng.uniform(13.0, 15.0) if cold else rng.uniform(21, 24)
+        )
         self.swing_c = 1.2 if cold else 4.0
         door: list[Window] = []
         handovers = scale.handovers if scale else []
@@ -197,7 +216,7 @@ class WasteStoreEnv(Twin):
             uv.append((begin, begin + rng.uniform(40, 55) * 60))
             day = local_midnight(day + 36 * 3600)
         for fault in self.faults_of("door_open"):
-            door.append((fault.at, fault.at + _duration(fault.options)))
+            door.append((fault.at, fault.at + duration_s(fault.options)))
             limit_s = ctx.limit("waste.max_door_open_min") * 60.0
             self.violate("waste.door_open_long", fault, fault.at + limit_s)
         for fault in self.faults_of("no_uv"):
@@ -208,11 +227,18 @@ class WasteStoreEnv(Twin):
             if first is None:
                 self.violate("waste.uv_not_done", fault, d1, end=d1 + 3600)
             else:
-                self.violate("waste.uv_not_done", fault, min(first + 7200, d1),
-                             start=first + 1800, end=d1 + 3600)
+                self.violate(
+                    "waste.uv_not_done",
+                    fault,
+                    min(first + 7200, d1),
+                    start=first + 1800,
+                    end=d1 + 3600,
+                )
         self.door = merge(door)
         self.uv = merge(uv)
-        self._warm = [(f.at, f.at + _duration(f.options), f) for f in self.faults_of("cold_room_warm")]
+        self._warm = [
+            (f.at, f.at + duration_s(f.options), f) for f in self.faults_of("cold_room_warm")
+        ]
         for a, b, fault in self._warm:
             t = ctx.sample_at_or_after(a)
             while t < b:

@@ -1,0 +1,168 @@
+"""data.clock_skew, data.sequence_gap, data.replay."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from tests.alerts.detectors.factories import at, device, event, firing, site, state
+from weijian.alerts.detectors.transport import (
+    ClockSkewDetector,
+    ReplayDetector,
+    SequenceGapDetector,
+    boot_segments,
+    messages,
+)
+from weijian.alerts.models import SiteData
+from weijian.devices.kinds import DeviceKind
+from weijian.telemetry import Reading
+
+SKEW = ClockSkewDetector()
+GAP = SequenceGapDetector()
+REPLAY = ReplayDetector()
+
+
+def msg(seq: int, ts: datetime, received: datetime | None = None, value: float = 20.0) -> Reading:
+    return Reading(ts, "d1", "temp_c", value, seq, received or ts + timedelta(seconds=1))
+
+
+def env(readings: list[Reading]) -> SiteData:
+    return site(device(DeviceKind.WASTE_STORE_ENV, readings=readings))
+
+
+def steady(seqs: range, start: datetime, step_s: float = 60, skew_s: float = 0) -> list[Reading]:
+    """One message per step; the device clock is `skew_s` ahead of the receive time."""
+    out = []
+    for i, seq in enumerate(seqs):
+        received = start + timedelta(seconds=i * step_s)
+        out.append(msg(seq, received + timedelta(seconds=skew_s), received))
+    return out
+
+
+def test_a_clock_20_min_ahead_fires() -> None:
+    findings = SKEW(env(steady(range(60), at(), skew_s=1200)), at(hours=2))
+    (finding,) = findings
+    assert finding.state == "firing"
+    assert finding.value == 1200.0
+    assert finding.limit == 300.0
+    assert "快 20.0 分钟" in finding.summary
+
+
+def test_skew_at_the_limit_passes_and_a_single_stray_bucket_does_not_fire() -> None:
+    assert firing(SKEW(env(steady(range(60), at(), skew_s=300)), at(hours=2))) == []
+    readings = steady(range(60), at())
+    readings[30] = msg(30, at(minutes=30) + timedelta(hours=1), at(minutes=30))
+    assert firing(SKEW(env(readings), at(hours=2))) == []
+
+
+def test_a_late_backlog_is_not_skew() -> None:
+    # Offline 0:00–1:00, then the backlog (old device times) arrives at 1:00 with live data.
+    live = steady(range(0, 60), at(minutes=-60))
+    backlog = [msg(60 + i, at(minutes=i), at(hours=1)) for i in range(60)]
+    after = steady(range(120, 180), at(hours=1))
+    findings = SKEW(env(live + backlog + after), at(hours=2))
+    assert firing(findings) == []
+    assert state(findings) == "clear"
+
+
+def test_a_clock_that_jumps_fires_from_the_jump_and_clears_when_fixed() -> None:
+    normal = steady(range(0, 30), at())
+    jumped = steady(range(30, 60), at(minutes=30), skew_s=-3600)
+    fixed = steady(range(60, 90), at(minutes=60))
+    (skewed,) = SKEW(env(normal + jumped), at(hours=2))
+    assert skewed.started_at == at(minutes=30)
+    assert skewed.value == -3600.0
+    assert "慢" in skewed.summary
+    findings = SKEW(env(normal + jumped + fixed), at(hours=2))
+    assert state(findings) == "clear"
+    assert findings[-1].episode == skewed.episode
+
+
+def test_a_gap_in_seq_fires_once_the_grace_has_passed() -> None:
+    readings = steady(range(0, 10), at()) + steady(range(60, 70), at(minutes=10))
+    s = env(readings)
+    arrived = readings[10].received_at
+    assert arrived is not None
+    assert firing(GAP(s, arrived + timedelta(seconds=299))) == []
+    (finding,) = firing(GAP(s, arrived + timedelta(seconds=300)))
+    assert finding.value == 50.0
+    assert finding.unit == "条"
+    assert "10–59" in finding.summary
+    assert finding.episode == at().isoformat()
+
+
+def test_a_reboot_is_not_a_gap() -> None:
+    readings = steady(range(500, 520), at()) + steady(range(0, 20), at(minutes=20))
+    s = env(readings)
+    assert len(boot_segments(messages(s.devices["d1"], at(hours=1)), 1)) == 2
+    assert firing(GAP(s, at(hours=1))) == []
+    assert firing(REPLAY(s, at(hours=1))) == []
+
+
+def test_out_of_order_arrival_after_an_outage_is_not_a_gap() -> None:
+    before = steady(range(0, 10), at())
+    # Messages 10..69 were kept by the device and arrive shuffled, after live ones.
+    live = steady(range(70, 80), at(minutes=70))
+    backlog = [
+        msg(s, at(minutes=s), at(minutes=70, seconds=5 + (s * 7) % 50)) for s in range(10, 70)
+    ]
+    s = env(before + live + list(reversed(backlog)))
+    findings = GAP(s, at(hours=3))
+    assert firing(findings) == []
+    assert state(findings) == "clear"
+
+
+def test_a_backlog_still_arriving_gives_no_verdict() -> None:
+    before = steady(range(0, 10), at())
+    live = steady(range(70, 80), at(minutes=70))
+    assert GAP(env(before + live), at(minutes=72)) == []
+
+
+def test_readings_and_events_share_the_counter() -> None:
+    readings = steady(range(0, 5), at()) + steady(range(6, 40), at(minutes=6))
+    events = [event("d1", at(minutes=5, seconds=30), "bag_in", seq=5, bag_id="B1")]
+    s = site(device(DeviceKind.WASTE_STORE_ENV, readings=readings, events=events))
+    assert firing(GAP(s, at(hours=1))) == []
+
+
+def test_a_replay_is_an_old_seq_at_a_new_time() -> None:
+    readings = steady(range(0, 60), at())
+    replayed = [
+        msg(seq, at(minutes=60, seconds=seq - 50), at(minutes=60, seconds=2))
+        for seq in range(50, 55)
+    ]
+    s = env(readings + replayed)
+    (finding,) = firing(REPLAY(s, at(hours=2)))
+    assert finding.value == 5.0
+    assert finding.severity == "major"
+    assert finding.details["seqs"] == [50, 51, 52, 53, 54]
+    assert "疑似重放" in finding.summary
+    assert firing(GAP(s, at(hours=2))) == []
+
+
+def test_a_replay_with_the_same_time_but_other_values_is_caught_when_it_reaches_us() -> None:
+    readings = steady(range(0, 10), at())
+    readings.append(msg(5, readings[5].ts, at(minutes=20), value=99.0))
+    assert len(firing(REPLAY(env(readings), at(hours=1)))) == 1
+
+
+def test_a_replayed_seq_zero_is_not_taken_for_a_reboot() -> None:
+    readings = steady(range(0, 60), at())
+    replay = msg(0, at(minutes=60), at(minutes=60, seconds=1))
+    after = steady(range(60, 70), at(minutes=61))
+    s = env([*readings, replay, *after])
+    assert len(boot_segments(messages(s.devices["d1"], at(hours=2)), 1)) == 1
+    assert len(firing(REPLAY(s, at(hours=2)))) == 1
+
+
+def test_a_quality_of_service_resend_is_no_replay() -> None:
+    readings = steady(range(0, 10), at())
+    readings.append(readings[3])
+    assert firing(REPLAY(env(readings), at(hours=1))) == []
+
+
+def test_replay_clears_after_half_an_hour_of_clean_data() -> None:
+    readings = steady(range(0, 60), at())
+    replayed = [msg(10, at(minutes=60), at(minutes=60, seconds=2))]
+    later = steady(range(60, 95), at(minutes=61))
+    findings = REPLAY(env(readings + replayed + later), at(hours=3))
+    assert state(findings) == "clear"
