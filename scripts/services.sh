@@ -109,7 +109,7 @@ fi
 missing_packages() {
     local p
     for p in "$@"; do
-        dpkg-query -W -f='${db:Status-Status}\n' "$p" 2>/dev/null | grep -qx installed || echo "$p"
+        [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)" = installed ] || echo "$p"
     done
 }
 
@@ -120,11 +120,15 @@ apt_install() {
     [ -n "$missing" ] || return 0
     log "installing Debian packages: $missing"
     local need_update=0
+    local policy
     for p in $missing; do
         # No candidate (empty package lists or an unknown name): refresh the lists first.
-        if ! apt-cache policy "$p" 2>/dev/null | grep -q 'Candidate: [^(]'; then
-            need_update=1
-        fi
+        policy="$(apt-cache policy "$p" 2>/dev/null || true)"
+        case "$policy" in
+            *"Candidate: (none)"* | "") need_update=1 ;;
+            *"Candidate: "*) ;;
+            *) need_update=1 ;;
+        esac
     done
     if [ "$need_update" = 1 ]; then
         log "apt-get update (package lists lack: $missing)"
@@ -429,7 +433,7 @@ mq_pid() { # pid of OUR running broker, or fail
     pid="$(cat "$MQ_PIDFILE" 2>/dev/null)"
     [ -n "$pid" ] && [ -d "/proc/$pid" ] || return 1
     [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = mosquitto ] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$MQ_CONF" || return 1
+    case "$(tr '\0' ' ' <"/proc/$pid/cmdline")" in *"$MQ_CONF"*) ;; *) return 1 ;; esac
     grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" && return 1
     echo "$pid"
 }
@@ -457,11 +461,37 @@ mq_stop() {
     rm -f "$MQ_PIDFILE"
 }
 
+# The broker of ANOTHER checkout of this project (e.g. the work tree whose session ended,
+# when CI runs in a fresh clone) may hold our port: this checkout takes it over.
+mq_take_over_port() {
+    local pid cmd i
+    pid="$(ss -Hltnp "( sport = :$MQ_PORT )" 2>/dev/null | sed -n 's/.*"mosquitto",pid=\([0-9]*\).*/\1/p' | head -n 1)"
+    [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
+    cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline")"
+    case "$cmd" in
+        *"/.run/mosquitto/mosquitto.conf"*) ;;
+        *) return 1 ;;
+    esac
+    log "port $MQ_PORT is held by the Weijian broker of another checkout (pid $pid: $cmd); stopping it"
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 300); do
+        proc_alive "$pid" || return 0
+        [ "$i" -lt 300 ] && sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    sleep 0.2
+}
+
 mq_start() {
     if port_open "$MQ_BIND" "$MQ_PORT"; then
-        die "port $MQ_BIND:$MQ_PORT is taken by another process (not our broker); set WEIJIAN_BROKER_PORT"
+        mq_take_over_port ||
+            die "port $MQ_BIND:$MQ_PORT is taken by another process (not our broker); set WEIJIAN_BROKER_PORT"
+        ! port_open "$MQ_BIND" "$MQ_PORT" || die "port $MQ_BIND:$MQ_PORT is still taken"
     fi
     rm -f "$MQ_PIDFILE"
+    # Keep one old log once it passes 50 MB (tests connect a lot; nothing else rotates it).
+    local logf="$MQ_DIR/log/mosquitto.log"
+    if [ -f "$logf" ] && [ "$(stat -c %s "$logf")" -gt 52428800 ]; then mv -f "$logf" "$logf.1"; fi
     if [ "$(id -u)" -eq 0 ]; then chown -R "$(mq_user):" "$MQ_DIR"; fi
     log "starting mosquitto on $MQ_BIND:$MQ_PORT"
     # Daemonised, detached from our stdin/stdout (a CI runner must not wait on it).
