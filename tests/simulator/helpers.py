@@ -10,6 +10,7 @@ import orjson
 from weijian.alerts.models import DeviceData, SiteData
 from weijian.alerts.profiles import build_profile
 from weijian.devices.kinds import DeviceKind, SiteKind
+from weijian.simulator.device import Outgoing
 from weijian.simulator.engine import MemorySink, Simulation
 from weijian.simulator.scenario import Scenario, parse_scenario
 from weijian.telemetry import Event, Reading
@@ -40,10 +41,23 @@ def run(sc: Scenario) -> tuple[Simulation, MemorySink]:
     return sim, sink
 
 
+def by_device(sink: MemorySink) -> dict[str, list[Outgoing]]:
+    """The sink's messages grouped by device (cached on the sink)."""
+    cached: dict[str, list[Outgoing]] | None = getattr(sink, "_by_device", None)
+    if cached is None or sum(len(v) for v in cached.values()) != len(sink.messages):
+        cached = {}
+        for message in sink.messages:
+            cached.setdefault(message.device, []).append(message)
+        sink._by_device = cached  # type: ignore[attr-defined]
+    return cached
+
+
 def items(sink: MemorySink, ref: str, channel: str) -> list[dict[str, Any]]:
     """Every reading or event object a device sent on a channel (arrays unpacked)."""
     out: list[dict[str, Any]] = []
-    for message in sink.of(ref, channel):
+    for message in by_device(sink).get(ref, []):
+        if message.channel != channel:
+            continue
         body = orjson.loads(message.payload)
         out.extend(body if isinstance(body, list) else [body])
     return out

@@ -125,3 +125,9 @@ def test_rate_is_not_judged_across_a_clock_jump_or_reboot() -> None:
     ]
     s = site(device(DeviceKind.WASTE_STORE_ENV, readings=readings))
     assert firing(RANGE(s, at(hours=1))) == []
+
+
+def test_a_sensor_stuck_for_days_keeps_its_episode_across_runs() -> None:
+    s = env("temp_c", constant(21.3, 2 * 24 * 60))
+    runs = [FLAT(s, at(hours=30, minutes=m)) for m in (0, 10, 50)]
+    assert {f.episode for run in runs for f in run} == {"temp_c@before:2026-11-24"}

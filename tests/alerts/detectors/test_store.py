@@ -164,3 +164,14 @@ def test_uv_after_a_hand_over() -> None:
     lit = [Reading(r.ts, r.device_id, r.metric, 1.0 if r.ts < local(23, 15) else 0.0) for r in lamp]
     bright = site(device(DeviceKind.WASTE_STORE_ENV, readings=lit), scale)
     assert [f.state for f in UV(bright, local(23, 18))] == ["clear"]
+
+
+def test_a_door_open_longer_than_the_lookback_keeps_its_episode_across_runs() -> None:
+    # Open for three days; each run sees only its two-day window, whose start moves.
+    s = env("door_open", constant(1.0, 3 * 24 * 60))
+    first = DOOR(s, at(hours=71))
+    later = DOOR(s, at(hours=71, minutes=10))
+    assert (
+        [f.episode for f in first] == [f.episode for f in later] == ["door_open@before:2026-11-24"]
+    )
+    assert first[0].ended_at is None

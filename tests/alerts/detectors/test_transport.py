@@ -166,3 +166,13 @@ def test_replay_clears_after_half_an_hour_of_clean_data() -> None:
     later = steady(range(60, 95), at(minutes=61))
     findings = REPLAY(env(readings + replayed + later), at(hours=3))
     assert state(findings) == "clear"
+
+
+def test_a_clock_back_from_running_ahead_leaves_no_false_gap() -> None:
+    # 20 min ahead until 1:00; the last 20 min of those messages are stamped after `now`.
+    ahead = steady(range(0, 60), at(), skew_s=1200)
+    normal = steady(range(60, 80), at(hours=1))
+    now = at(hours=1, minutes=10)
+    visible = [r for r in ahead + normal if r.ts <= now]
+    assert {r.seq for r in visible} == set(range(0, 51)) | set(range(60, 71))
+    assert firing(GAP(env(visible), now)) == []

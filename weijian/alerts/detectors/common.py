@@ -67,6 +67,7 @@ def _rank(finding: Finding) -> tuple[int, datetime, int]:
 
 
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
+_NO_SLACK = timedelta(0)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -221,6 +222,11 @@ class LevelRule:
     # Compliant time needed after the last firing spell before the rule clears.
     clear_after: timedelta = timedelta(0)
     clear_summary: str = "已恢复正常"
+    # Start of the data window (now − lookback), to name spells that began before it.
+    window_start: datetime | None = None
+
+    def episode(self, spell: Spell) -> str:
+        return spell_episode(self.metric, spell, self.window_start, self.max_gap)
 
     def qualifies(self, spell: Spell) -> bool:
         if self.strictly_longer:
@@ -258,15 +264,27 @@ def level_findings(
                 evidence_from=first_good,
                 evidence_to=last_good,
                 evidence_metric=rule.metric,
-                episode=spell_episode(rule.metric, last) if last else f"{rule.metric}@ok",
+                episode=rule.episode(last) if last else f"{rule.metric}@ok",
                 details={"compliant_s": good_time.total_seconds()},
             )
         )
     return findings
 
 
-def spell_episode(metric: str, spell: Spell) -> str:
-    return f"{metric}@{iso(spell.first)}"
+def since_label(first: datetime, window_start: datetime | None, slack: timedelta) -> str:
+    """When an episode began, as its id. One whose first sample lies within `slack` of the
+    start of the data window may have begun before it: its visible start moves with every run,
+    so it is named after the local day of the window start instead (stable across runs,
+    renewed once a day)."""
+    if window_start is not None and first - window_start <= slack:
+        return f"before:{local_day(window_start).isoformat()}"
+    return iso(first)
+
+
+def spell_episode(
+    metric: str, spell: Spell, window_start: datetime | None = None, slack: timedelta = _NO_SLACK
+) -> str:
+    return f"{metric}@{since_label(spell.first, window_start, slack)}"
 
 
 def _spell_finding(
@@ -292,6 +310,6 @@ def _spell_finding(
         evidence_from=spell.first,
         evidence_to=spell.end or spell.last,
         evidence_metric=rule.metric,
-        episode=spell_episode(rule.metric, spell),
+        episode=rule.episode(spell),
         details={"duration_s": spell.duration.total_seconds(), "samples": len(spell.points)},
     )

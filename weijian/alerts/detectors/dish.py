@@ -116,6 +116,7 @@ class DishExposureDetector(DeviceDetector):
             max_gap=limits.max_gap,
             clear_after=seconds(limits.min_exposure_s),
             clear_summary="洗碗机接触时间已恢复达标",
+            window_start=now - self.lookback,
         )
         points = [limits.exposure_point(s) for s in timeline(device, limits.max_gap) if s.ts <= now]
 
@@ -148,6 +149,7 @@ class DishRinseDetector(DeviceDetector):
             max_gap=limits.max_gap,
             clear_after=seconds(limits.min_exposure_s),
             clear_summary="洗碗机消毒冲洗温度已恢复达标",
+            window_start=now - self.lookback,
         )
         points = [limits.rinse_point(s) for s in timeline(device, limits.max_gap) if s.ts <= now]
 

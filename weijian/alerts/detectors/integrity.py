@@ -75,7 +75,7 @@ class FlatlineDetector(DeviceDetector):
 
     rule = rule("data.flatline")
     device_kinds = frozenset({kind for kind, _ in FLAT_WINDOWS} | CABINETS)
-    lookback = timedelta(hours=12)
+    lookback = timedelta(hours=6)
 
     def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
         min_samples = int(site.profile.number("flatline.min_samples", device.device_id))
@@ -94,8 +94,19 @@ class FlatlineDetector(DeviceDetector):
             spec = kind_spec(kind).metric(metric)
             runs = flat_runs(samples, max_gap)
             flat = [r for r in runs if _flat(r, window, min_samples, spec)]
-            findings += [self._firing(site, device, metric, r, window) for r in flat]
-            clear = self._clear(site, device, metric, runs, flat)
+            since = now - self.lookback
+            findings += [
+                self._firing(
+                    site,
+                    device,
+                    metric,
+                    r,
+                    window=window,
+                    episode=spell_episode(metric, r, since, max_gap),
+                )
+                for r in flat
+            ]
+            clear = self._clear(site, device, metric, runs, flat=flat, window=(since, max_gap))
             findings += [clear] if clear else []
         return findings
 
@@ -109,8 +120,9 @@ class FlatlineDetector(DeviceDetector):
             if batch.end > now or len(inside) < min_samples:
                 continue
             run = Spell(tuple(Point(r.ts, r.value, True) for r in inside), batch.end, True)
-            finding = self._firing(site, device, "temp_c", run, batch.end - batch.start)
             episode = f"temp_c@{batch.batch_id}"
+            span = batch.end - batch.start
+            finding = self._firing(site, device, "temp_c", run, window=span, episode=episode)
             if len({r.value for r in inside}) == 1:
                 findings.append(replace(finding, episode=episode))
             else:
@@ -120,7 +132,14 @@ class FlatlineDetector(DeviceDetector):
         return findings
 
     def _firing(
-        self, site: SiteData, device: DeviceData, metric: str, run: Spell, window: timedelta
+        self,
+        site: SiteData,
+        device: DeviceData,
+        metric: str,
+        run: Spell,
+        *,
+        window: timedelta,
+        episode: str,
     ) -> Finding:
         return Finding(
             rule=self.rule.id,
@@ -140,19 +159,26 @@ class FlatlineDetector(DeviceDetector):
             evidence_from=run.first,
             evidence_to=run.end or run.last,
             evidence_metric=metric,
-            episode=spell_episode(metric, run),
+            episode=episode,
             details={"samples": len(run.points), "duration_s": run.duration.total_seconds()},
         )
 
     def _clear(
-        self, site: SiteData, device: DeviceData, metric: str, runs: list[Spell], flat: list[Spell]
+        self,
+        site: SiteData,
+        device: DeviceData,
+        metric: str,
+        runs: list[Spell],
+        *,
+        flat: list[Spell],
+        window: tuple[datetime, timedelta],
     ) -> Finding | None:
         """Positive evidence: the value changed after the last flat run (or varies at all)."""
         if flat:
             if not flat[-1].ended_by_good:
                 return None
             since = runs[runs.index(flat[-1]) + 1].first
-            episode = spell_episode(metric, flat[-1])
+            episode = spell_episode(metric, flat[-1], *window)
         elif len(runs) >= 2:
             since, episode = runs[1].first, f"{metric}@varying"
         else:
@@ -215,6 +241,7 @@ class OutOfRangeDetector(DeviceDetector):
                 max_gap=max_gap,
                 clear_after=clear_after,
                 clear_summary=f"{spec.name} 数据已回到量程内",
+                window_start=now - self.lookback,
             )
             points = [Point(r.ts, r.value, not spec.low <= r.value <= spec.high) for r in samples]
 

@@ -46,7 +46,8 @@ class OfflineDetector(DeviceDetector):
 
     rule = rule("device.offline")
     device_kinds = frozenset(DeviceKind)
-    lookback = timedelta(days=1)
+    # Only to name the outage a recovery ends; presence itself comes from last_seen.
+    lookback = timedelta(hours=2)
 
     def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
         heard = [t for t in receive_times(device) if t <= now]

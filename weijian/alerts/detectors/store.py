@@ -60,6 +60,7 @@ class ColdStorageDetector(DeviceDetector):
             min_duration=sustain,
             clear_after=sustain,
             clear_summary=f"暂存间温度已恢复至 {limit:g} °C 以下",
+            window_start=now - self.lookback,
         )
         points = [Point(r.ts, r.value, r.value >= limit) for r in series(device, "temp_c")]
 
@@ -97,6 +98,7 @@ class DoorOpenDetector(DeviceDetector):
             min_duration=timedelta(minutes=limit_min),
             strictly_longer=True,
             clear_summary="暂存间门已关闭",
+            window_start=now - self.lookback,
         )
         points = [Point(r.ts, r.value, r.value >= 0.5) for r in series(device, "door_open")]
 
@@ -165,12 +167,14 @@ class UvDetector:
     ) -> list[Finding]:
         need = timedelta(minutes=site.profile.number("waste.min_uv_min_per_day", device.device_id))
         findings: list[Finding] = []
-        day = local_day(now - self.lookback) + timedelta(days=1)  # the first whole day
+        day = local_day(now - self.lookback)
         while day_bounds(day)[1] <= now:
             start, end = day_bounds(day)
-            findings += self._period(
-                site, device, samples, period=(start, end), need=need, episode=day.isoformat()
-            )
+            if start >= now - self.lookback:  # whole days only
+                label = day.isoformat()
+                findings += self._period(
+                    site, device, samples, period=(start, end), need=need, episode=label
+                )
             day += timedelta(days=1)
         return findings
 

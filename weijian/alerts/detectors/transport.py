@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import pairwise
 
-from weijian.alerts.detectors.common import DeviceDetector, floor_to, iso, local_time, seconds
+from weijian.alerts.detectors.common import (
+    DeviceDetector,
+    floor_to,
+    iso,
+    local_time,
+    seconds,
+    since_label,
+)
 from weijian.alerts.models import DeviceData, Finding, SiteData
 from weijian.alerts.models import Severity as Sev
 from weijian.alerts.rules import rule
@@ -134,12 +141,13 @@ class ClockSkewDetector(DeviceDetector):
         if run:
             runs.append((run, None))
         skewed = [(r, end) for r, end in runs if len(r) >= needed]
+        names = [since_label(r[0], now - self.lookback, bucket) for r, _ in skewed]
         findings = [
-            self._firing(site, device, r, ended=end, offsets=offsets, bucket=bucket, limit=limit)
-            for r, end in skewed
+            self._firing(site, device, r, ended=end, offsets=offsets, bucket=bucket, episode=name)
+            for (r, end), name in zip(skewed, names, strict=True)
         ]
         if keys and abs(offsets[keys[-1]]) <= limit:
-            episode = iso(skewed[-1][0][0]) if skewed else f"ok@{iso(keys[-1])}"
+            episode = names[-1] if names else f"ok@{iso(keys[-1])}"
             findings.append(
                 self._clear(
                     site, device, keys[-1], bucket=bucket, offset=offsets[keys[-1]], episode=episode
@@ -156,8 +164,9 @@ class ClockSkewDetector(DeviceDetector):
         ended: datetime | None,
         offsets: dict[datetime, float],
         bucket: timedelta,
-        limit: float,
+        episode: str,
     ) -> Finding:
+        limit = site.profile.number("clock_skew.max_s", device.device_id)
         worst = max((offsets[k] for k in run), key=abs)
         direction = "快" if worst > 0 else "慢"
         return Finding(
@@ -178,7 +187,7 @@ class ClockSkewDetector(DeviceDetector):
             ),
             evidence_from=run[0],
             evidence_to=run[-1] + bucket,
-            episode=iso(run[0]),
+            episode=episode,
             details={"buckets": len(run)},
         )
 
@@ -288,19 +297,27 @@ class SequenceGapDetector(_SeqDetector):
     Messages are ordered by device time and split at reboots (seq restarts from 0/1), then the
     seqs of each boot are compared as a set, so out-of-order arrival never makes a gap. A gap
     counts only once the message after it has been in for `seq.gap_grace_s` (a backlog still
-    arriving fills it). Episodes are hours (by the device time after the gap) with the number
-    of missing messages.
+    arriving fills it), and not right after a message stamped ahead of its arrival time (the
+    messages after it may still lie in the future of `now`). Episodes are hours (by the device
+    time after the gap) with the number of missing messages.
     """
 
     rule = rule("data.sequence_gap")
 
     def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
         grace = seconds(site.profile.number("seq.gap_grace_s", device.device_id))
+        ahead = seconds(site.profile.number("clock_skew.max_s", device.device_id))
         found = messages(device, now)
         every = gaps(found, _restart_max(site, device))
-        # A gap counts once the message after it has been in for the grace time: a backlog
-        # still arriving fills it. While one is pending there is no clear either.
-        confirmed = [g for g in every if now - g.after.arrived >= grace]
+        # A gap counts once the message after it has been in for the grace time (a backlog
+        # still arriving fills it), and not after a message stamped ahead of its arrival:
+        # with the clock ahead, the next messages carry device times after `now` and are not
+        # in the window yet. While a gap is pending there is no clear either.
+        confirmed = [
+            g
+            for g in every
+            if now - g.after.arrived >= grace and g.before.ts - g.before.arrived <= ahead
+        ]
         by_hour: dict[datetime, list[Gap]] = defaultdict(list)
         for gap in confirmed:
             by_hour[floor_to(gap.after.ts, _GAP_BUCKET)].append(gap)

@@ -10,7 +10,7 @@ const $ = (id) => document.getElementById(id);
 
 const state = {
   rules: {}, sites: new Map(), devices: new Map(), people: new Map(),
-  alerts: new Map(), fresh: new Map(), tasks: [], overview: null, kpis: null,
+  alerts: new Map(), order: [], fresh: new Map(), tasks: [], overview: null, kpis: null,
   siteFilter: null, stream: null, live: false, timers: [],
 };
 
@@ -70,6 +70,7 @@ async function loadNumbers() {
 async function loadAlerts() {
   const alerts = await api("/alerts", { params: { limit: FEED_SIZE } });
   state.alerts = new Map(alerts.map((a) => [a.id, a]));
+  state.order = alerts.map((a) => a.id); // newest detection first, as the API lists them
   renderFeed();
 }
 
@@ -103,7 +104,10 @@ async function onEvent(name, data) {
     const alert = await api(`/alerts/${data.alert_id}`);
     const isNew = !state.alerts.has(alert.id) || data.kind === "escalated";
     state.alerts.set(alert.id, alert);
-    if (isNew) state.fresh.set(alert.id, Date.now());
+    if (isNew) {
+      state.fresh.set(alert.id, Date.now());
+      state.order = [alert.id, ...state.order.filter((id) => id !== alert.id)].slice(0, FEED_SIZE * 2);
+    }
     renderFeed();
     if ($("detail").dataset.alert === String(alert.id)) openDetail(alert.id);
     refreshNumbers();
@@ -191,9 +195,8 @@ function renderSites() {
 
 function renderFeed() {
   const now = Date.now();
-  const alerts = [...state.alerts.values()]
-    .filter((a) => !state.siteFilter || a.site_id === state.siteFilter)
-    .sort((a, b) => b.id - a.id)
+  const alerts = state.order.map((id) => state.alerts.get(id))
+    .filter((a) => a && (!state.siteFilter || a.site_id === state.siteFilter))
     .slice(0, FEED_SIZE);
   const rows = alerts.map((a) => el(`li.alert.sev-${a.severity}.status-${a.status}${now - (state.fresh.get(a.id) ?? 0) < FRESH_MS ? ".fresh" : ""}`,
     { onclick: () => openDetail(a.id), tabindex: 0 },

@@ -185,7 +185,7 @@ class ChlorineTank(Twin):
         self.baskets.append((basket_id, t_in, t_out, fault))
         self.events.append(PlannedEvent(t_in, "basket_in", {"basket_id": basket_id}))
         self.events.append(PlannedEvent(t_out, "basket_out", {"basket_id": basket_id}))
-        if fault is not None:
+        if fault is not None and not any(v.fault == fault.index for v in self.violations):
             self.violate("disinfection.immersion_short", fault, t_out)
 
     def _plan_low(self) -> list[tuple[float, float, PlannedFault]]:
