@@ -18,11 +18,23 @@ from weijian.telemetry import Event, Reading
 START = "2026-11-23T00:00:00+08:00"
 
 
-def scenario(sites: list[dict[str, Any]], faults: list[dict[str, Any]] | None = None,
-             duration: str = "1d", seed: int = 7, **extra: Any) -> Scenario:
+def scenario(
+    sites: list[dict[str, Any]],
+    faults: list[dict[str, Any]] | None = None,
+    duration: str = "1d",
+    seed: int = 7,
+    **extra: Any,
+) -> Scenario:
     """A scenario from plain data, starting at local midnight."""
-    data: dict[str, Any] = {"name": "t", "seed": seed, "start": START, "duration": duration,
-                            "sites": sites, "faults": faults or [], **extra}
+    data: dict[str, Any] = {
+        "name": "t",
+        "seed": seed,
+        "start": START,
+        "duration": duration,
+        "sites": sites,
+        "faults": faults or [],
+        **extra,
+    }
     return parse_scenario(data)
 
 
@@ -73,10 +85,14 @@ def _ts(value: Any) -> datetime:
 
 def device_data(sink: MemorySink, ref: str, kind: DeviceKind) -> DeviceData:
     """What the platform would store for a device, as a detector sees it."""
-    readings = [Reading(_ts(i["ts"]), ref, name, float(v), i["seq"])
-                for i in items(sink, ref, "telemetry") for name, v in i["metrics"].items()]
-    events = [Event(_ts(i["ts"]), ref, i["type"], i["data"], i["seq"])
-              for i in items(sink, ref, "events")]
+    readings = [
+        Reading(_ts(i["ts"]), ref, name, float(v), i["seq"])
+        for i in items(sink, ref, "telemetry")
+        for name, v in i["metrics"].items()
+    ]
+    events = [
+        Event(_ts(i["ts"]), ref, i["type"], i["data"], i["seq"]) for i in items(sink, ref, "events")
+    ]
     readings.sort(key=lambda r: r.ts)
     events.sort(key=lambda e: e.ts)
     return DeviceData(ref, kind, readings, events)
@@ -84,13 +100,18 @@ def device_data(sink: MemorySink, ref: str, kind: DeviceKind) -> DeviceData:
 
 def site_data(sink: MemorySink, sc: Scenario, site_key: str) -> SiteData:
     site = sc.site(site_key)
-    devices = {f"{site.key}/{d.key}": device_data(sink, f"{site.key}/{d.key}", d.kind)
-               for d in site.devices}
+    devices = {
+        f"{site.key}/{d.key}": device_data(sink, f"{site.key}/{d.key}", d.kind)
+        for d in site.devices
+    }
     profile = build_profile(SiteKind(site.kind), sc.site_profile(site.key))
     return SiteData(site.key, site.kind, devices, profile)
 
 
 def series(sink: MemorySink, ref: str, metric: str) -> list[tuple[float, float]]:
     """(device time in s, value) of one metric."""
-    return [(i["ts"] / 1000, float(i["metrics"][metric])) for i in items(sink, ref, "telemetry")
-            if metric in i["metrics"]]
+    return [
+        (i["ts"] / 1000, float(i["metrics"][metric]))
+        for i in items(sink, ref, "telemetry")
+        if metric in i["metrics"]
+    ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 
 import numpy as np
 
@@ -298,8 +297,11 @@ class _Planner:
                 )
             if first >= fault.at + options.duration.total_seconds():
                 raise ScenarioError(f"{name}: the device sends nothing while its clock is off")
-        if isinstance(options, Replay) and not any(True for _ in [1]):
-            return
+        if (
+            fault.type == "sequence_gap"
+            and self._first_message(twin, self.start, has_metrics) >= fault.at
+        ):
+            raise ScenarioError(f"{name}: the device has sent nothing before it, so no gap shows")
         at = fault.at if isinstance(options, Replay) else first
         if at >= self.end:
             raise ScenarioError(f"{name}: the device sends nothing after it before the end")
@@ -398,11 +400,3 @@ def _quiet_window(fault: PlannedFault, interval: float) -> Window | None:
     if isinstance(options, Replay):
         return (fault.at - options.age.total_seconds() - _MARGIN_S, fault.at + _MARGIN_S)
     return None
-
-
-def label_window(label: Label) -> tuple[datetime, datetime]:
-    """The interval in which an alert matches `label`."""
-    return label.earliest, label.window_end
-
-
-__all__ = ["ScenarioPlan", "device_ref", "label_window", "plan_scenario", "timedelta"]

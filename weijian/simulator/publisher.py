@@ -225,6 +225,12 @@ class MqttPublisher:
             conn = key.data
             if mask & selectors.EVENT_READ:
                 rc = conn.client.loop_read()
+                if conn.refused:
+                    self._drop(conn)
+                    raise PublishError(
+                        f"device {conn.ref} ({conn.creds.device_id}): broker refused the "
+                        f"connection: {conn.refused}"
+                    )
                 if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
                     raise PublishError(
                         f"device {conn.ref}: connection lost ({mqtt.error_string(rc)})"

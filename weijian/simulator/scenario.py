@@ -10,9 +10,9 @@ import yaml
 from pydantic import (
     AwareDatetime,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationError,
     field_validator,
     model_validator,
@@ -122,18 +122,23 @@ class SiteSpec(_Model):
         return out
 
 
-def _offset_or_instant(value: object) -> object:
-    if isinstance(value, datetime):
-        return value
+def _offset_or_instant(value: object) -> timedelta | datetime:
     if isinstance(value, str) and ("T" in value or value.count("-") >= 2):
-        return value  # an instant: pydantic parses it and requires the offset
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"not an instant: {value!r}") from None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"instant {value.isoformat()} has no UTC offset (add e.g. +08:00)")
+        return value
     return parse_duration(value)
 
 
 class FaultSpec(_Model):
     type: str
     # Offset from the start (`6h30m`) or an instant with offset (2026-11-23T06:00:00+08:00).
-    at: Annotated[timedelta | AwareDatetime, BeforeValidator(_offset_or_instant)]
+    at: Annotated[timedelta | datetime, PlainValidator(_offset_or_instant)]
     site: Key
     device: Key | None = None
     params: dict[str, Any] = Field(default_factory=dict)
