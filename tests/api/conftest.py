@@ -11,6 +11,7 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -25,10 +26,11 @@ from weijian.config import Settings
 from weijian.db.connection import AsyncConn, open_pool
 from weijian.devices import repository as devices_repo
 from weijian.devices import service as devices
+from weijian.devices.kinds import SiteKind
 from weijian.devices.models import SiteCreate
 from weijian.inspections import service as inspections
 from weijian.users import service as users
-from weijian.users.models import UserCreate
+from weijian.users.models import Role, UserCreate
 
 PASSWORD = "correct-horse"
 NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
@@ -55,35 +57,64 @@ class World:
     async def auth(self, username: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {await self.token(username)}"}
 
-    async def get(self, username: str, url: str, **params: object) -> httpx.Response:
+    async def get(self, username: str, url: str, **params: Any) -> httpx.Response:
         return await self.client.get(url, params=params, headers=await self.auth(username))
 
     async def post(self, username: str, url: str, json: object = None) -> httpx.Response:
         return await self.client.post(url, json=json, headers=await self.auth(username))
 
-    async def fire(self, *, site_id: str = "site-a", device_id: str | None = "stm-a1",
-                   rule: str = "disinfection.temperature_low", severity: Severity = Severity.MAJOR,
-                   at: datetime = NOW, summary: str = "消毒温度 92.0 °C，低于 100 °C",
-                   metric: str | None = "temp_c") -> int:
+    async def fire(
+        self,
+        *,
+        site_id: str = "site-a",
+        device_id: str | None = "stm-a1",
+        rule: str = "disinfection.temperature_low",
+        severity: Severity = Severity.MAJOR,
+        at: datetime = NOW,
+        summary: str = "消毒温度 92.0 °C，低于 100 °C",
+        metric: str | None = "temp_c",
+    ) -> int:
         """Fire an alert through the lifecycle service; returns its id."""
         finding = Finding(
-            rule=rule, site_id=site_id, device_id=device_id, state="firing", severity=severity,
-            started_at=at - timedelta(minutes=10), ended_at=at, value=92.0, limit=100.0, unit="°C",
-            summary=summary, evidence_from=at - timedelta(minutes=10), evidence_to=at,
+            rule=rule,
+            site_id=site_id,
+            device_id=device_id,
+            state="firing",
+            severity=severity,
+            started_at=at - timedelta(minutes=10),
+            ended_at=at,
+            value=92.0,
+            limit=100.0,
+            unit="°C",
+            summary=summary,
+            evidence_from=at - timedelta(minutes=10),
+            evidence_to=at,
             evidence_metric=metric,
         )
         async with self.pool.connection() as conn, conn.transaction():
             changes = await alerts.apply_findings(conn=conn, findings=[finding], now=at)
-        assert changes and changes[0].kind == "fired"
+        assert changes
+        assert changes[0].kind == "fired"
         return changes[0].alert_id
 
-    async def open_task(self, alert_id: int, *, site_id: str = "site-a",
-                        severity: Severity = Severity.MAJOR, at: datetime = NOW) -> int:
+    async def open_task(
+        self,
+        alert_id: int,
+        *,
+        site_id: str = "site-a",
+        severity: Severity = Severity.MAJOR,
+        at: datetime = NOW,
+    ) -> int:
         """Open (or join) the site's inspection task for an alert, as the detection flow does."""
         async with self.pool.connection() as conn, conn.transaction():
             outcome = await inspections.open_or_join(
-                conn=conn, site_id=site_id, alert_id=alert_id, severity=severity,
-                summary="消毒温度不达标", now=at, rng=random.Random(7),
+                conn=conn,
+                site_id=site_id,
+                alert_id=alert_id,
+                severity=severity,
+                summary="消毒温度不达标",
+                now=at,
+                rng=random.Random(7),
             )
         assert outcome is not None
         return outcome.task_id
@@ -131,7 +162,7 @@ async def seed(pool: AsyncConnectionPool[AsyncConn]) -> None:
         ("wse-b1", "site-b", "waste_store_env", True),
         ("stm-c1", "site-c", "steam_cabinet", None),
     ]
-    people = [
+    people: list[tuple[str, str, str, str | None, list[str]]] = [
         ("admin", "管理员", "admin", None, []),
         ("chief", "王科长", "supervisor", None, []),
         ("insp-a", "李明", "inspector", "城东区", []),
@@ -141,18 +172,37 @@ async def seed(pool: AsyncConnectionPool[AsyncConn]) -> None:
     ]
     async with pool.connection() as conn:
         for site_id, name, kind, district in sites:
-            await devices.add_site(conn=conn, new=SiteCreate(
-                id=site_id, name=name, kind=kind, district=district,  # type: ignore[arg-type]
-                phones=["13800000000"]))
+            await devices.add_site(
+                conn=conn,
+                new=SiteCreate(
+                    id=site_id,
+                    name=name,
+                    kind=SiteKind(kind),
+                    district=district,
+                    phones=["13800000000"],
+                ),
+            )
         for device_id, site_id, kind, online in devices_of:
-            await devices_repo.insert_device(conn=conn, device_id=device_id, site_id=site_id,
-                                             kind=kind, name=None, interval_s=10)
+            await devices_repo.insert_device(
+                conn=conn, device_id=device_id, site_id=site_id, kind=kind, name=None, interval_s=10
+            )
             if online is not None:
-                await conn.execute("UPDATE devices SET online = %s WHERE id = %s", (online, device_id))
-        for username, name, role, district, site_ids in people:
-            await users.add_user(conn=conn, new=UserCreate(
-                username=username, name=name, role=role, password=PASSWORD,  # type: ignore[arg-type]
-                district=district, phone="13900000000", site_ids=site_ids))
+                await conn.execute(
+                    "UPDATE devices SET online = %s WHERE id = %s", (online, device_id)
+                )
+        for username, name, role, home, site_ids in people:
+            await users.add_user(
+                conn=conn,
+                new=UserCreate(
+                    username=username,
+                    name=name,
+                    role=Role(role),
+                    password=PASSWORD,
+                    district=home,
+                    phone="13900000000",
+                    site_ids=site_ids,
+                ),
+            )
 
 
 @pytest.fixture

@@ -15,8 +15,13 @@ pytestmark = pytest.mark.anyio
 
 async def test_filters_on_status_site_rule_and_limit(world: World) -> None:
     first = await world.fire(site_id="site-a", device_id="stm-a1", at=NOW - timedelta(minutes=30))
-    second = await world.fire(site_id="site-a", device_id="stm-a2", rule="data.flatline",
-                              severity=Severity.WARNING, at=NOW - timedelta(minutes=20))
+    second = await world.fire(
+        site_id="site-a",
+        device_id="stm-a2",
+        rule="data.flatline",
+        severity=Severity.WARNING,
+        at=NOW - timedelta(minutes=20),
+    )
     third = await world.fire(site_id="site-c", device_id="stm-c1", at=NOW - timedelta(minutes=10))
     await world.post("chief", f"/api/v1/alerts/{second}/ack")
 
@@ -67,11 +72,16 @@ async def test_acknowledge_then_resolve_with_history(world: World) -> None:
 
     no_note = await world.post("chief", f"/api/v1/alerts/{alert_id}/resolve", {})
     assert no_note.status_code == 422
-    resolved = await world.post("chief", f"/api/v1/alerts/{alert_id}/resolve", {"note": "现场复核合格"})
+    resolved = await world.post(
+        "chief", f"/api/v1/alerts/{alert_id}/resolve", {"note": "现场复核合格"}
+    )
     assert resolved.status_code == 200
     body = resolved.json()
     assert body["status"] == "resolved"
-    steps = [(h["action"], h["from_status"], h["to_status"], h["actor"], h["note"]) for h in body["history"]]
+    steps = [
+        (h["action"], h["from_status"], h["to_status"], h["actor"], h["note"])
+        for h in body["history"]
+    ]
     assert steps == [
         ("fired", None, "firing", "system", "消毒温度 92.0 °C，低于 100 °C"),
         ("acknowledged", "firing", "acknowledged", "insp-a", "已电话联系"),
@@ -101,16 +111,27 @@ async def test_rule_catalogue_has_names_and_sources(world: World) -> None:
 
 async def test_overview_counts_and_site_colours(world: World) -> None:
     await world.fire(site_id="site-a", device_id="stm-a1", severity=Severity.CRITICAL)
-    await world.fire(site_id="site-a", device_id="stm-a2", rule="data.flatline", severity=Severity.WARNING)
-    await world.fire(site_id="site-b", device_id="wse-b1", rule="waste.door_open_long",
-                     severity=Severity.WARNING, metric="door_open")
+    await world.fire(
+        site_id="site-a", device_id="stm-a2", rule="data.flatline", severity=Severity.WARNING
+    )
+    await world.fire(
+        site_id="site-b",
+        device_id="wse-b1",
+        rule="waste.door_open_long",
+        severity=Severity.WARNING,
+        metric="door_open",
+    )
     resolved = await world.fire(site_id="site-c", device_id="stm-c1")
     await world.post("chief", f"/api/v1/alerts/{resolved}/resolve", {"note": "误报"})
-    overview = (await world.get("chief", "/api/v1/overview", since="2026-11-23T00:00:00+08:00")).json()
+    overview = (
+        await world.get("chief", "/api/v1/overview", since="2026-11-23T00:00:00+08:00")
+    ).json()
     assert overview["devices_registered"] == 4
     assert overview["devices_online"] == 2
     assert overview["online_rate"] == 0.5
     assert overview["alerts_today"] == 4
     assert overview["alerts_today_by_severity"] == {"critical": 1, "major": 1, "warning": 2}
-    states = {s["site_id"]: (s["state"], s["worst_severity"], s["firing"]) for s in overview["sites"]}
+    states = {
+        s["site_id"]: (s["state"], s["worst_severity"], s["firing"]) for s in overview["sites"]
+    }
     assert states == {"site-a": ("alarm", "critical", 2), "site-b": ("warning", "warning", 1)}

@@ -37,8 +37,12 @@ async def test_login_returns_a_bearer_token_with_role_and_lifetime(world: World)
     assert "password_hash" not in me.json()
 
 
-@pytest.mark.parametrize(("username", "password"), [("insp-a", "wrong-password"), ("nobody", PASSWORD)])
-async def test_wrong_password_or_unknown_user_is_401(world: World, username: str, password: str) -> None:
+@pytest.mark.parametrize(
+    ("username", "password"), [("insp-a", "wrong-password"), ("nobody", PASSWORD)]
+)
+async def test_wrong_password_or_unknown_user_is_401(
+    world: World, username: str, password: str
+) -> None:
     response = await world.client.post(
         "/api/v1/auth/token", data={"username": username, "password": password}
     )
@@ -52,7 +56,11 @@ async def test_every_api_endpoint_needs_a_token(world: World, app: FastAPI) -> N
     paths.pop("/api/v1/auth/token")
     assert len(paths) >= 20
     for template, operations in paths.items():
-        path = template.replace("{site_id}", "site-a").replace("{alert_id}", "1").replace("{task_id}", "1")
+        path = (
+            template.replace("{site_id}", "site-a")
+            .replace("{alert_id}", "1")
+            .replace("{task_id}", "1")
+        )
         for method in operations:
             response = await world.client.request(method.upper(), path)
             assert response.status_code == 401, (method, path, response.text)
@@ -60,26 +68,46 @@ async def test_every_api_endpoint_needs_a_token(world: World, app: FastAPI) -> N
             assert response.json()["detail"].startswith("not authenticated")
 
 
-async def test_invalid_and_expired_tokens_are_401(world: World, pool: AsyncConnectionPool[AsyncConn]) -> None:
+async def test_invalid_and_expired_tokens_are_401(
+    world: World, pool: AsyncConnectionPool[AsyncConn]
+) -> None:
     async with pool.connection() as conn:
-        cur = await conn.execute("SELECT value FROM app_secrets WHERE name = %s", (SIGNING_KEY_NAME,))
+        cur = await conn.execute(
+            "SELECT value FROM app_secrets WHERE name = %s", (SIGNING_KEY_NAME,)
+        )
         assert await cur.fetchone() is None  # generated on first use, not before
     await world.token("chief")
     async with pool.connection() as conn:
-        cur = await conn.execute("SELECT value FROM app_secrets WHERE name = %s", (SIGNING_KEY_NAME,))
+        cur = await conn.execute(
+            "SELECT value FROM app_secrets WHERE name = %s", (SIGNING_KEY_NAME,)
+        )
         row = await cur.fetchone()
     assert row is not None
     key = str(row["value"])
     past = datetime.now(UTC) - timedelta(hours=1)
-    expired = jwt.encode({"sub": "chief", "iat": past, "exp": past + timedelta(minutes=5)}, key, ALGORITHM)
-    forged = jwt.encode({"sub": "chief", "exp": datetime.now(UTC) + timedelta(hours=1)}, "not-the-key-" * 4, ALGORITHM)
-    cases = {expired: "token expired; log in again", forged: "invalid token", "garbage": "invalid token"}
+    expired = jwt.encode(
+        {"sub": "chief", "iat": past, "exp": past + timedelta(minutes=5)}, key, ALGORITHM
+    )
+    forged = jwt.encode(
+        {"sub": "chief", "exp": datetime.now(UTC) + timedelta(hours=1)},
+        "not-the-key-" * 4,
+        ALGORITHM,
+    )
+    cases = {
+        expired: "token expired; log in again",
+        forged: "invalid token",
+        "garbage": "invalid token",
+    }
     for token, detail in cases.items():
-        response = await world.client.get("/api/v1/sites", headers={"Authorization": f"Bearer {token}"})
+        response = await world.client.get(
+            "/api/v1/sites", headers={"Authorization": f"Bearer {token}"}
+        )
         assert response.status_code == 401
         assert response.json()["detail"] == detail
     # A valid signature for a user that does not exist is refused too.
-    ghost = jwt.encode({"sub": "ghost", "exp": datetime.now(UTC) + timedelta(hours=1)}, key, ALGORITHM)
+    ghost = jwt.encode(
+        {"sub": "ghost", "exp": datetime.now(UTC) + timedelta(hours=1)}, key, ALGORITHM
+    )
     response = await world.client.get("/api/v1/sites", headers={"Authorization": f"Bearer {ghost}"})
     assert response.status_code == 401
 
@@ -89,7 +117,9 @@ async def test_processes_share_the_stored_signing_key(
 ) -> None:
     token = await world.token("chief")
     other = create_app(settings, pool=pool)  # a second process of the same deployment
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=other), base_url="http://b") as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=other), base_url="http://b"
+    ) as http:
         response = await http.get("/api/v1/sites", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200
 
@@ -99,10 +129,16 @@ async def test_a_configured_secret_key_is_used_instead(
 ) -> None:
     configured = settings.model_copy(update={"secret_key": "s" * 48})
     app = create_app(configured, pool=pool)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://c") as http:
-        response = await http.post("/api/v1/auth/token", data={"username": "chief", "password": PASSWORD})
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://c"
+    ) as http:
+        response = await http.post(
+            "/api/v1/auth/token", data={"username": "chief", "password": PASSWORD}
+        )
         token = response.json()["access_token"]
         assert jwt.decode(token, "s" * 48, algorithms=[ALGORITHM])["sub"] == "chief"
         # The stored key of the other processes does not open it.
-        refused = await world.client.get("/api/v1/sites", headers={"Authorization": f"Bearer {token}"})
+        refused = await world.client.get(
+            "/api/v1/sites", headers={"Authorization": f"Bearer {token}"}
+        )
         assert refused.status_code == 401

@@ -36,8 +36,14 @@ async def ramp(world: World, settings: Settings) -> World:
 
 @pytest.mark.anyio
 async def test_explicit_bucket_aggregates_avg_min_max_count(ramp: World) -> None:
-    response = await ramp.get("chief", "/api/v1/readings", device_id="stm-a1", metric="temp_c",
-                              bucket="5m", **{"from": START.isoformat(), "to": NOW.isoformat()})
+    response = await ramp.get(
+        "chief",
+        "/api/v1/readings",
+        device_id="stm-a1",
+        metric="temp_c",
+        bucket="5m",
+        **{"from": START.isoformat(), "to": NOW.isoformat()},
+    )
     assert response.status_code == 200, response.text
     series = response.json()
     assert series["bucket_seconds"] == 300
@@ -48,15 +54,26 @@ async def test_explicit_bucket_aggregates_avg_min_max_count(ramp: World) -> None
     assert first["ts"].startswith("2026-11-23T01:00:00")
     assert (first["min"], first["max"], first["count"], first["avg"]) == (0.0, 29.0, 30, 14.5)
     assert (last["min"], last["max"], last["count"]) == (330.0, 359.0, 30)
-    seconds = await ramp.get("chief", "/api/v1/readings", device_id="stm-a1", metric="temp_c",
-                             bucket="60", **{"from": START.isoformat(), "to": NOW.isoformat()})
+    seconds = await ramp.get(
+        "chief",
+        "/api/v1/readings",
+        device_id="stm-a1",
+        metric="temp_c",
+        bucket="60",
+        **{"from": START.isoformat(), "to": NOW.isoformat()},
+    )
     assert len(seconds.json()["points"]) == 60
 
 
 @pytest.mark.anyio
 async def test_default_bucket_keeps_the_series_small(ramp: World) -> None:
-    hour = await ramp.get("chief", "/api/v1/readings", device_id="stm-a1", metric="temp_c",
-                          **{"from": START.isoformat(), "to": NOW.isoformat()})
+    hour = await ramp.get(
+        "chief",
+        "/api/v1/readings",
+        device_id="stm-a1",
+        metric="temp_c",
+        **{"from": START.isoformat(), "to": NOW.isoformat()},
+    )
     assert hour.json()["bucket_seconds"] == 10
     assert len(hour.json()["points"]) == 360
     # Default window: the 24 h before the platform clock.
@@ -75,9 +92,11 @@ async def test_bad_requests_are_explained(ramp: World) -> None:
     assert code == 400
     assert detail == "a steam_cabinet has no metric 'chlorine_mg_l' (it reports: door_open, temp_c)"
     code, detail = await status_and_detail(device_id="stm-a1", metric="temp_c", bucket="fast")
-    assert code == 400 and detail.startswith("invalid bucket 'fast'")
+    assert code == 400
+    assert detail.startswith("invalid bucket 'fast'")
     code, detail = await status_and_detail(device_id="stm-a1", metric="temp_c", bucket="1s")
-    assert code == 400 and "more than 5000 points" in detail
+    assert code == 400
+    assert "more than 5000 points" in detail
     assert (await status_and_detail(device_id="nope", metric="temp_c"))[0] == 404
     assert (await status_and_detail("op-a", device_id="stm-c1", metric="temp_c"))[0] == 404
     assert (await status_and_detail("op-a", device_id="stm-a1", metric="temp_c"))[0] == 200

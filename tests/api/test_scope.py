@@ -7,7 +7,7 @@ import pytest
 from tests.api.conftest import World
 from weijian.alerts.models import Severity
 from weijian.users import service as users
-from weijian.users.models import UserCreate
+from weijian.users.models import Role, UserCreate
 
 pytestmark = pytest.mark.anyio
 
@@ -39,8 +39,13 @@ async def test_operator_sees_only_its_own_site(world: World) -> None:
 async def test_operator_may_not_see_tasks_notifications_or_act(world: World) -> None:
     alert = await world.fire()
     task = await world.open_task(alert)
-    for url in ("/api/v1/tasks", f"/api/v1/tasks/{task}", "/api/v1/notifications", "/api/v1/kpis",
-                "/api/v1/users"):
+    for url in (
+        "/api/v1/tasks",
+        f"/api/v1/tasks/{task}",
+        "/api/v1/notifications",
+        "/api/v1/kpis",
+        "/api/v1/users",
+    ):
         response = await world.get("op-a", url)
         assert response.status_code == 403, url
         assert "role operator may not" in response.json()["detail"]
@@ -50,8 +55,13 @@ async def test_operator_may_not_see_tasks_notifications_or_act(world: World) -> 
 
 async def test_inspector_sees_its_district(world: World) -> None:
     await world.fire(site_id="site-a", device_id="stm-a1")
-    await world.fire(site_id="site-b", device_id="wse-b1", rule="waste.door_open_long",
-                     severity=Severity.WARNING, metric="door_open")
+    await world.fire(
+        site_id="site-b",
+        device_id="wse-b1",
+        rule="waste.door_open_long",
+        severity=Severity.WARNING,
+        metric="door_open",
+    )
     west = await world.fire(site_id="site-c", device_id="stm-c1")
     assert ids((await world.get("insp-a", "/api/v1/sites")).json()) == ["site-a", "site-b"]
     assert ids((await world.get("insp-c", "/api/v1/sites")).json()) == ["site-c"]
@@ -67,8 +77,9 @@ async def test_inspector_acts_only_on_its_own_tasks(world: World) -> None:
     task = await world.open_task(await world.fire())
     detail = (await world.get("chief", f"/api/v1/tasks/{task}")).json()
     assert sorted(detail["inspectors"]) == ["insp-a", "insp-b"]  # the whole 城东区 roster
-    west_task = await world.open_task(await world.fire(site_id="site-c", device_id="stm-c1"),
-                                      site_id="site-c")
+    west_task = await world.open_task(
+        await world.fire(site_id="site-c", device_id="stm-c1"), site_id="site-c"
+    )
 
     # insp-c (城西区) cannot see the 城东区 task at all, and insp-a cannot see the 城西区 one.
     assert (await world.get("insp-c", f"/api/v1/tasks/{task}")).status_code == 404
@@ -88,9 +99,16 @@ async def test_inspector_acts_only_on_its_own_tasks(world: World) -> None:
 async def test_inspector_sees_but_cannot_act_on_a_colleagues_task(world: World) -> None:
     # A third 城东区 inspector is not drawn (the draw picks two of three with seed 7).
     async with world.pool.connection() as conn:
-        await users.add_user(conn=conn, new=UserCreate(
-            username="insp-d", name="周敏", role="inspector",  # type: ignore[arg-type]
-            password="correct-horse", district="城东区"))
+        await users.add_user(
+            conn=conn,
+            new=UserCreate(
+                username="insp-d",
+                name="周敏",
+                role=Role.INSPECTOR,
+                password="correct-horse",
+                district="城东区",
+            ),
+        )
     task = await world.open_task(await world.fire())
     inspectors = (await world.get("chief", f"/api/v1/tasks/{task}")).json()["inspectors"]
     outsider = next(u for u in ("insp-a", "insp-b", "insp-d") if u not in inspectors)

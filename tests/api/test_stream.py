@@ -35,9 +35,9 @@ class FrameReader:
     def __init__(self, response: httpx.Response) -> None:
         self._lines = response.aiter_lines()
 
-    async def next(self, timeout: float = 5.0) -> Frame:
+    async def next(self, within_s: float = 5.0) -> Frame:
         frame = Frame()
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within_s):
             async for line in self._lines:
                 if line == "":
                     if frame.event or frame.data is not None or frame.comments:
@@ -51,10 +51,10 @@ class FrameReader:
                     frame.data = json.loads(line.removeprefix("data: "))
         raise AssertionError("stream ended")
 
-    async def next_event(self, timeout: float = 5.0) -> Frame:
+    async def next_event(self, within_s: float = 5.0) -> Frame:
         """The next frame that is an event (heartbeats skipped)."""
         while True:
-            frame = await self.next(timeout)
+            frame = await self.next(within_s)
             if frame.event is not None:
                 return frame
 
@@ -65,10 +65,13 @@ async def base_url(app: FastAPI) -> AsyncIterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning",
-                                           timeout_graceful_shutdown=2))
+    server = uvicorn.Server(
+        uvicorn.Config(app, lifespan="off", log_level="warning", timeout_graceful_shutdown=2)
+    )
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
+    for _ in range(500):
+        if server.started:
+            break
         await asyncio.sleep(0.02)
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
@@ -78,9 +81,10 @@ async def base_url(app: FastAPI) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def open_stream(base_url: str, token: str) -> AsyncIterator[FrameReader]:
-    async with httpx.AsyncClient(base_url=base_url, timeout=10) as http, http.stream(
-        "GET", "/api/v1/stream", params={"token": token}
-    ) as response:
+    async with (
+        httpx.AsyncClient(base_url=base_url, timeout=10) as http,
+        http.stream("GET", "/api/v1/stream", params={"token": token}) as response,
+    ):
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         reader = FrameReader(response)
@@ -95,13 +99,21 @@ async def notify(world: World, channel: str, payload: dict[str, Any]) -> None:
         await conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(payload)))
 
 
-async def test_detection_notifications_and_api_actions_reach_the_wall(world: World, base_url: str) -> None:
+async def test_detection_notifications_and_api_actions_reach_the_wall(
+    world: World, base_url: str
+) -> None:
     alert_id = await world.fire()
     async with open_stream(base_url, await world.token("chief")) as stream:
-        fired = {"kind": "fired", "alert_id": alert_id, "site_id": "site-a", "device_id": "stm-a1",
-                 "rule": "disinfection.temperature_low", "severity": "major"}
+        fired = {
+            "kind": "fired",
+            "alert_id": alert_id,
+            "site_id": "site-a",
+            "device_id": "stm-a1",
+            "rule": "disinfection.temperature_low",
+            "severity": "major",
+        }
         await notify(world, ALERTS_CHANNEL, fired)
-        frame = await stream.next_event(timeout=1.0)  # the wall promises "within a second"
+        frame = await stream.next_event(within_s=1.0)  # the wall promises "within a second"
         assert (frame.event, frame.data) == ("alert", fired)
 
         acked = await world.post("chief", f"/api/v1/alerts/{alert_id}/ack")
@@ -113,16 +125,28 @@ async def test_detection_notifications_and_api_actions_reach_the_wall(world: Wor
         task_id = await world.open_task(alert_id)
         await world.post("chief", f"/api/v1/tasks/{task_id}/start")
         frame = await stream.next_event()
-        assert (frame.event, frame.data) == ("task", {"kind": "start", "task_id": task_id, "site_id": "site-a"})
+        assert (frame.event, frame.data) == (
+            "task",
+            {"kind": "start", "task_id": task_id, "site_id": "site-a"},
+        )
 
 
 async def test_each_stream_carries_only_what_its_user_may_see(world: World, base_url: str) -> None:
     async with open_stream(base_url, await world.token("op-a")) as operator:
         for site in ("site-c", "site-a"):
             await notify(world, TASKS_CHANNEL, {"kind": "opened", "task_id": 1, "site_id": site})
-            await notify(world, ALERTS_CHANNEL, {"kind": "fired", "alert_id": 1, "site_id": site,
-                                                 "device_id": None, "rule": "device.offline",
-                                                 "severity": "warning"})
+            await notify(
+                world,
+                ALERTS_CHANNEL,
+                {
+                    "kind": "fired",
+                    "alert_id": 1,
+                    "site_id": site,
+                    "device_id": None,
+                    "rule": "device.offline",
+                    "severity": "warning",
+                },
+            )
         frame = await operator.next_event()
         assert (frame.event, frame.data["site_id"]) == ("alert", "site-a")  # no task, no site-c
 
@@ -138,7 +162,7 @@ async def test_stream_needs_a_token(world: World, base_url: str) -> None:
 async def test_heartbeat_comment_when_idle(world: World, base_url: str, app: FastAPI) -> None:
     app.state.hub.heartbeat_s = 0.2
     async with open_stream(base_url, await world.token("chief")) as stream:
-        assert (await stream.next(timeout=2)).comments == ["heartbeat"]
+        assert (await stream.next(within_s=2)).comments == ["heartbeat"]
 
 
 async def test_a_slow_client_is_dropped_not_buffered() -> None:
@@ -146,10 +170,14 @@ async def test_a_slow_client_is_dropped_not_buffered() -> None:
     slow = hub.subscribe(lambda event: True)
     picky = hub.subscribe(lambda event: event.payload.get("site_id") == "site-x")
     for i in range(4):
-        hub.publish(ALERTS_CHANNEL, json.dumps({"kind": "fired", "alert_id": i, "site_id": "site-a"}))
+        hub.publish(
+            ALERTS_CHANNEL, json.dumps({"kind": "fired", "alert_id": i, "site_id": "site-a"})
+        )
     assert slow.dropped
-    assert slow.queue.qsize() == 1 and slow.queue.get_nowait() is None  # the stream ends
-    assert not picky.dropped and picky.queue.empty()  # filtered events never count against it
+    assert slow.queue.qsize() == 1
+    assert slow.queue.get_nowait() is None  # the stream ends
+    assert not picky.dropped
+    assert picky.queue.empty()  # filtered events never count against it
     assert hub.subscribers == 1
     hub.publish(ALERTS_CHANNEL, "not json")  # ignored, not fatal
     await hub.close()

@@ -61,6 +61,7 @@ async def list_rules(_: CurrentUser) -> list[Rule]:
 
 @router.get("/alerts", response_model=list[Alert])
 async def list_alerts(
+    *,
     principal: CurrentUser,
     conn: Conn,
     alert_status: Annotated[AlertStatus | None, Query(alias="status")] = None,

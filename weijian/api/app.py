@@ -45,7 +45,9 @@ REQUESTS = Counter(
     "weijian_api_requests_total", "HTTP requests by route and status", ["method", "route", "status"]
 )
 LATENCY = Histogram(
-    "weijian_api_request_seconds", "Time to answer an HTTP request (live stream excluded)", ["route"],
+    "weijian_api_request_seconds",
+    "Time to answer an HTTP request (live stream excluded)",
+    ["route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 
@@ -76,6 +78,15 @@ class RequestMetrics:
             REQUESTS.labels(scope["method"], route, str(status_code)).inc()
             if route != f"{API_PREFIX}/stream":
                 LATENCY.labels(route).observe(time.perf_counter() - started)
+
+
+class RevalidatedStaticFiles(StaticFiles):
+    """Static assets revalidated (ETag) on every load, so an upgrade is seen at once."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
 
 def _route_label(scope: Scope) -> str:
@@ -123,7 +134,10 @@ async def _database_status(pool: AsyncConnectionPool[AsyncConn] | None) -> str:
     if pool is None:
         return "no connection pool"
     try:
-        async with asyncio.timeout(HEALTH_TIMEOUT_S), pool.connection(timeout=HEALTH_TIMEOUT_S) as conn:
+        async with (
+            asyncio.timeout(HEALTH_TIMEOUT_S),
+            pool.connection(timeout=HEALTH_TIMEOUT_S) as conn,
+        ):
             await repository.ping(conn=conn)
     except TimeoutError:
         return f"no answer within {HEALTH_TIMEOUT_S:g} s"
@@ -132,8 +146,12 @@ async def _database_status(pool: AsyncConnectionPool[AsyncConn] | None) -> str:
     return "ok"
 
 
-def create_app(settings: Settings, *, pool: AsyncConnectionPool[AsyncConn] | None = None,
-               clock: Clock | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    pool: AsyncConnectionPool[AsyncConn] | None = None,
+    clock: Clock | None = None,
+) -> FastAPI:
     """The API application; pass `pool` to share one (it is then left open on shutdown)."""
 
     @asynccontextmanager
@@ -153,7 +171,7 @@ def create_app(settings: Settings, *, pool: AsyncConnectionPool[AsyncConn] | Non
     app = FastAPI(
         title="Weijian 卫监 API",
         version=__version__,
-        description="Online monitoring of disinfection plants and medical-waste stores. See docs/api.md.",
+        description="Monitoring of disinfection plants and medical-waste stores; see docs/api.md.",
         lifespan=lifespan,
         # Swagger UI and ReDoc load their assets from a CDN; the schema stays at /openapi.json.
         docs_url=None,
@@ -170,22 +188,33 @@ def create_app(settings: Settings, *, pool: AsyncConnectionPool[AsyncConn] | Non
     _install_error_handlers(app)
 
     for router in (
-        auth.router, users_router, devices_router, alerts_router, inspections_router,
-        notify_router, live.router, wall.router,
+        auth.router,
+        users_router,
+        devices_router,
+        alerts_router,
+        inspections_router,
+        notify_router,
+        live.router,
+        wall.router,
     ):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(wall.pages)
-    app.mount("/static", StaticFiles(directory=wall.STATIC), name="static")
+    app.mount("/static", RevalidatedStaticFiles(directory=wall.STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
         return RedirectResponse("/wall")
 
-    @app.get("/healthz", tags=["operations"], responses={503: {"description": "database unreachable"}})
+    @app.get(
+        "/healthz", tags=["operations"], responses={503: {"description": "database unreachable"}}
+    )
     async def healthz() -> JSONResponse:
         """Liveness and database reachability (no auth)."""
         database = await _database_status(app.state.pool)
-        body: dict[str, Any] = {"status": "ok" if database == "ok" else "error", "database": database}
+        body: dict[str, Any] = {
+            "status": "ok" if database == "ok" else "error",
+            "database": database,
+        }
         return JSONResponse(body, status_code=200 if database == "ok" else 503)
 
     @app.get("/metrics", tags=["operations"], response_class=Response)

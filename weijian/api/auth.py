@@ -18,7 +18,7 @@ from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
 from pydantic import BaseModel
 
 from weijian.api import repository
-from weijian.api.deps import Conn, get_pool
+from weijian.api.deps import CONNECTION_WAIT_S, Conn, get_pool
 from weijian.config import Settings
 from weijian.db.connection import AsyncConn
 from weijian.devices import service as devices
@@ -72,11 +72,13 @@ class Principal:
 
 
 def unauthorized(detail: str) -> HTTPException:
-    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"}
+    )
 
 
 async def signing_key(request: Request, conn: AsyncConn) -> str:
-    """settings.secret_key, else the key kept in app_secrets (generated once, shared by processes)."""
+    """settings.secret_key, else the key in app_secrets (generated once, shared by processes)."""
     state = request.app.state
     key: str | None = getattr(state, "signing_key", None)
     if key is not None:
@@ -134,10 +136,13 @@ async def current_user(
 async def stream_user(
     request: Request,
     bearer: Annotated[str | None, Depends(_bearer)],
-    token: Annotated[str | None, Query(description="Bearer token (EventSource cannot set headers).")] = None,
+    token: Annotated[
+        str | None, Query(description="Bearer token (EventSource cannot set headers).")
+    ] = None,
 ) -> Principal:
     """Like `current_user`, also accepting `?token=`; holds no connection for the stream's life."""
-    async with get_pool(request).connection() as conn:
+    pool = get_pool(request)
+    async with pool.connection(timeout=min(pool.timeout, CONNECTION_WAIT_S)) as conn:
         return await _principal(request, conn, bearer or token)
 
 
@@ -152,7 +157,8 @@ def require_roles(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
         if principal.role not in allowed:
             names = ", ".join(sorted(r.value for r in allowed))
             raise HTTPException(
-                status.HTTP_403_FORBIDDEN, f"role {principal.role.value} may not do this (needs {names})"
+                status.HTTP_403_FORBIDDEN,
+                f"role {principal.role.value} may not do this (needs {names})",
             )
         return principal
 

@@ -14,6 +14,9 @@ from weijian.clock import Clock
 from weijian.config import Settings
 from weijian.db.connection import AsyncConn
 
+# How long a request waits for a pooled connection before answering 503.
+CONNECTION_WAIT_S = 10.0
+
 
 def get_pool(request: Request) -> AsyncConnectionPool[AsyncConn]:
     pool: AsyncConnectionPool[AsyncConn] | None = getattr(request.app.state, "pool", None)
@@ -26,7 +29,7 @@ async def get_conn(
     pool: Annotated[AsyncConnectionPool[AsyncConn], Depends(get_pool)],
 ) -> AsyncIterator[AsyncConn]:
     """A pooled connection (autocommit) for the request; use `conn.transaction()` for writes."""
-    async with pool.connection() as conn:
+    async with pool.connection(timeout=min(pool.timeout, CONNECTION_WAIT_S)) as conn:
         yield conn
 
 
@@ -58,8 +61,9 @@ class TimeRange:
         return self.end - self.start
 
 
-def time_range(start: datetime | None, end: datetime | None, *, now: datetime,
-               default_span: timedelta) -> TimeRange:
+def time_range(
+    start: datetime | None, end: datetime | None, *, now: datetime, default_span: timedelta
+) -> TimeRange:
     """[from, to) with defaults (to = now, from = to − default_span); both must carry a zone."""
     for name, value in (("from", start), ("to", end)):
         if value is not None and value.tzinfo is None:

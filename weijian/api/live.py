@@ -37,7 +37,9 @@ EVENT_NAMES = {ALERTS_CHANNEL: "alert", TASKS_CHANNEL: "task"}
 RETRY_MS = 3000
 
 CLIENTS = Gauge("weijian_api_stream_clients", "Connected live-stream (SSE) clients")
-EVENTS = Counter("weijian_api_stream_events_total", "Notifications received for the stream", ["channel"])
+EVENTS = Counter(
+    "weijian_api_stream_events_total", "Notifications received for the stream", ["channel"]
+)
 DROPPED = Counter("weijian_api_stream_dropped_total", "Stream clients dropped for not keeping up")
 LISTENING = Gauge("weijian_api_stream_listener_connected", "1 while the LISTEN connection is up")
 
@@ -68,8 +70,14 @@ class Subscriber:
 class EventHub:
     """One LISTEN connection, fanned out to every subscriber; started on first use."""
 
-    def __init__(self, database_url: str, *, queue_size: int = 256, heartbeat_s: float = 15.0,
-                 liveness_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        queue_size: int = 256,
+        heartbeat_s: float = 15.0,
+        liveness_s: float = 30.0,
+    ) -> None:
         self._database_url = database_url
         self.queue_size = queue_size
         self.heartbeat_s = heartbeat_s
@@ -86,11 +94,11 @@ class EventHub:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="api-event-hub")
 
-    async def wait_ready(self, timeout: float) -> bool:
+    async def wait_ready(self, within_s: float) -> bool:
         """Start the listener if needed; True once it is listening."""
         self.start()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), timeout)
+            await asyncio.wait_for(self._ready.wait(), within_s)
         return self._ready.is_set()
 
     def subscribe(self, accept: EventFilter) -> Subscriber:
@@ -111,10 +119,14 @@ class EventHub:
             log.warning("ignoring a non-JSON notification on %s: %.200s", channel, text)
             return
         if not isinstance(payload, dict):
-            log.warning("ignoring a notification on %s that is not an object: %.200s", channel, text)
+            log.warning(
+                "ignoring a notification on %s that is not an object: %.200s", channel, text
+            )
             return
         EVENTS.labels(channel).inc()
-        self._fan_out(LiveEvent(channel, payload, frame(EVENT_NAMES.get(channel, channel), payload)))
+        self._fan_out(
+            LiveEvent(channel, payload, frame(EVENT_NAMES.get(channel, channel), payload))
+        )
 
     def _fan_out(self, event: LiveEvent) -> None:
         for subscriber in list(self._subscribers):
@@ -158,7 +170,9 @@ class EventHub:
                     backoff = 0.5
                     if connected_before:
                         # Notifications sent while we were away are lost: clients must reload.
-                        self._fan_out(LiveEvent("resync", {}, frame("resync", {"reason": "reconnected"})))
+                        self._fan_out(
+                            LiveEvent("resync", {}, frame("resync", {"reason": "reconnected"}))
+                        )
                     connected_before = True
                     await self._pump(conn)
             except asyncio.CancelledError:
@@ -195,17 +209,31 @@ def event_filter(principal: Principal) -> EventFilter:
 
 async def announce_alert(*, conn: AsyncConn, kind: str, alert: Alert) -> None:
     """Tell live listeners about an alert change (sent when the caller's transaction commits)."""
-    await repository.notify(conn=conn, channel=ALERTS_CHANNEL, payload={
-        "kind": kind, "alert_id": alert.id, "site_id": alert.site_id, "device_id": alert.device_id,
-        "rule": alert.rule, "severity": alert.severity.value,
-    })
+    await repository.notify(
+        conn=conn,
+        channel=ALERTS_CHANNEL,
+        payload={
+            "kind": kind,
+            "alert_id": alert.id,
+            "site_id": alert.site_id,
+            "device_id": alert.device_id,
+            "rule": alert.rule,
+            "severity": alert.severity.value,
+        },
+    )
 
 
 async def announce_task(*, conn: AsyncConn, kind: str, task: Task) -> None:
     """Tell live listeners about a task step (sent when the caller's transaction commits)."""
-    await repository.notify(conn=conn, channel=TASKS_CHANNEL, payload={
-        "kind": kind, "task_id": task.id, "site_id": task.site_id,
-    })
+    await repository.notify(
+        conn=conn,
+        channel=TASKS_CHANNEL,
+        payload={
+            "kind": kind,
+            "task_id": task.id,
+            "site_id": task.site_id,
+        },
+    )
 
 
 router = APIRouter(tags=["live"])
@@ -234,14 +262,22 @@ async def _frames(hub: EventHub, accept: EventFilter) -> AsyncIterator[bytes]:
 @router.get(
     "/stream",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}},
-                     "description": "Server-Sent Events: `alert`, `task`, `resync`, `dropped`."}},
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "Server-Sent Events: `alert`, `task`, `resync`, `dropped`.",
+        }
+    },
 )
-async def stream(request: Request, principal: Annotated[Principal, Depends(stream_user)]) -> StreamingResponse:
+async def stream(
+    request: Request, principal: Annotated[Principal, Depends(stream_user)]
+) -> StreamingResponse:
     """Live alert and task changes as Server-Sent Events (token in the header or `?token=`)."""
     hub: EventHub = request.app.state.hub
-    if not await hub.wait_ready(timeout=10.0):
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "live stream not available: database unreachable")
+    if not await hub.wait_ready(within_s=10.0):
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "live stream not available: database unreachable"
+        )
     return StreamingResponse(
         _frames(hub, event_filter(principal)),
         media_type="text/event-stream",

@@ -33,7 +33,12 @@ PAGE_HEADERS = {
     "Cache-Control": "no-cache",
 }
 SiteState = Literal["ok", "warning", "alarm"]
-_STATE_OF = {"critical": "alarm", "major": "alarm", "warning": "warning", "info": "ok"}
+_STATE_OF: dict[str, SiteState] = {
+    "critical": "alarm",
+    "major": "alarm",
+    "warning": "warning",
+    "info": "ok",
+}
 
 pages = APIRouter(include_in_schema=False)
 router = APIRouter(tags=["wall"])
@@ -89,9 +94,11 @@ async def overview(
     open_tasks = []
     if principal.role is not Role.OPERATOR:
         open_tasks = await inspections.list_visible_tasks(
-            conn=conn, site_ids=scope,
+            conn=conn,
+            site_ids=scope,
             assigned_to=principal.username if principal.role is Role.INSPECTOR else None,
-            statuses=[TaskStatus.ASSIGNED.value, TaskStatus.IN_PROGRESS.value], limit=10000,
+            statuses=[TaskStatus.ASSIGNED.value, TaskStatus.IN_PROGRESS.value],
+            limit=10000,
         )
     active = await alerts.active_by_site(conn=conn, site_ids=scope)
     registered = presence["registered"]

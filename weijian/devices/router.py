@@ -21,7 +21,26 @@ router = APIRouter(tags=["registry"])
 # Bucket widths offered for series, smallest first.
 NICE_BUCKETS = tuple(
     timedelta(seconds=s)
-    for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+    for s in (
+        1,
+        2,
+        5,
+        10,
+        15,
+        30,
+        60,
+        120,
+        300,
+        600,
+        900,
+        1800,
+        3600,
+        7200,
+        10800,
+        21600,
+        43200,
+        86400,
+    )
 )
 TARGET_POINTS = 500
 MAX_POINTS = 5000
@@ -78,7 +97,9 @@ async def list_sites(
 
 @router.get("/sites/{site_id}", response_model=Site)
 async def get_site(site_id: str, principal: CurrentUser, conn: Conn) -> Site:
-    site = await service.get_site(conn=conn, site_id=site_id) if principal.sees_site(site_id) else None
+    site = (
+        await service.get_site(conn=conn, site_id=site_id) if principal.sees_site(site_id) else None
+    )
     if site is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no site {site_id!r}")
     return site
@@ -96,6 +117,7 @@ async def list_devices(
 
 @router.get("/readings", response_model=Series)
 async def readings(
+    *,
     principal: CurrentUser,
     conn: Conn,
     now: Now,
@@ -124,10 +146,15 @@ async def readings(
     if window.span / width > MAX_POINTS:
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST,
-            f"bucket {bucket!r} gives more than {MAX_POINTS} points over this span; use a wider one",
+            f"bucket {bucket!r} gives more than {MAX_POINTS} points over this span; widen it",
         )
     rows = await service.reading_series(
-        conn=conn, device_id=device_id, metric=metric, start=window.start, end=window.end, bucket=width
+        conn=conn,
+        device_id=device_id,
+        metric=metric,
+        start=window.start,
+        end=window.end,
+        bucket=width,
     )
     return Series(
         device_id=device_id,

@@ -16,6 +16,7 @@ from weijian.api.live import announce_task
 from weijian.db.connection import AsyncConn
 from weijian.inspections import service
 from weijian.inspections.models import Conclusion, Task, TaskStatus
+from weijian.users import service as users
 from weijian.users.models import Role
 
 router = APIRouter(tags=["inspections"])
@@ -32,6 +33,7 @@ class TaskHistoryEntry(BaseModel):
 
 
 class TaskDetail(Task):
+    inspector_names: dict[str, str]  # username → name, for display
     alerts: list[Alert]
     history: list[TaskHistoryEntry]
 
@@ -92,8 +94,10 @@ async def _actionable(conn: AsyncConn, principal: Principal, task_id: int) -> Ta
 async def _detail(conn: AsyncConn, task: Task) -> TaskDetail:
     linked = [await alerts.get_alert(conn=conn, alert_id=i) for i in task.alert_ids]
     history = await service.task_history(conn=conn, task_id=task.id)
+    people = [await users.get_user(conn=conn, username=name) for name in task.inspectors]
     return TaskDetail(
         **task.model_dump(),
+        inspector_names={u.username: u.name for u in people if u is not None},
         alerts=[a for a in linked if a is not None],
         history=[TaskHistoryEntry.model_validate(h) for h in history],
     )
@@ -101,6 +105,7 @@ async def _detail(conn: AsyncConn, task: Task) -> TaskDetail:
 
 @router.get("/tasks", response_model=list[Task])
 async def list_tasks(
+    *,
     principal: BureauUser,
     conn: Conn,
     task_status: Annotated[
@@ -128,13 +133,19 @@ async def get_task(task_id: int, principal: BureauUser, conn: Conn) -> TaskDetai
     return await _detail(conn, await _visible(conn, principal, task_id))
 
 
-async def _step(conn: AsyncConn, principal: Principal, task_id: int, action: str, now: datetime,
-                **kwargs: Any) -> TaskDetail:
+async def _step(
+    conn: AsyncConn, principal: Principal, task_id: int, action: str, now: datetime, **kwargs: Any
+) -> TaskDetail:
     await _actionable(conn, principal, task_id)
     async with conn.transaction():
         task = await service.transition(
-            conn=conn, task_id=task_id, action=action, actor=principal.username, now=now,
-            may_act_for_others=principal.is_staff, **kwargs,
+            conn=conn,
+            task_id=task_id,
+            action=action,
+            actor=principal.username,
+            now=now,
+            may_act_for_others=principal.is_staff,
+            **kwargs,
         )
         await announce_task(conn=conn, kind=action, task=task)
     return await _detail(conn, task)
@@ -154,8 +165,14 @@ async def conclude(
 ) -> TaskDetail:
     """in_progress → concluded, with the conclusion and whether a case was filed (立案)."""
     return await _step(
-        conn, principal, task_id, "conclude", now,
-        note=body.note, conclusion=body.conclusion, case_filed=body.case_filed,
+        conn,
+        principal,
+        task_id,
+        "conclude",
+        now,
+        note=body.note,
+        conclusion=body.conclusion,
+        case_filed=body.case_filed,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+
 from weijian.api.auth import CurrentUser, StaffUser
 from weijian.api.deps import Conn
 from weijian.users import service

@@ -27,7 +27,7 @@ const WORDS = {
     start: "开始核查", conclude: "提交结论", close_task: "结案", publish: "公开结果",
     conclusion: "核查结论", case_filed: "立案", note: "备注", alerts: "关联告警",
     confirm_close: "确认结案？", saved: "已保存", published: "已公开",
-    refresh: "刷新", lang_switch: "EN",
+    refresh: "刷新", lang_switch: "EN", system: "系统",
   },
   en: {
     title: "Health Supervision Online Monitoring",
@@ -53,7 +53,7 @@ const WORDS = {
     publish: "Publish result",
     conclusion: "Conclusion", case_filed: "Case filed", note: "Note", alerts: "Alerts",
     confirm_close: "Close this task?", saved: "Saved", published: "Published",
-    refresh: "Refresh", lang_switch: "中文",
+    refresh: "Refresh", lang_switch: "中文", system: "system",
   },
 };
 

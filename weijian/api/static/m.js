@@ -84,7 +84,7 @@ async function showTask(id) {
   const facts = [
     [t("site"), siteName(task.site_id)],
     [t("due"), el(`span.due${due.overdue ? ".overdue" : ""}`, {}, due.text.replace(`${t("due")} `, ""))],
-    [t("inspectors"), task.inspectors.join("、") || "—"],
+    [t("inspectors"), task.inspectors.map((u) => task.inspector_names[u] ?? u).join("、") || "—"],
   ];
   if (task.conclusion) {
     facts.push([t("conclusion"), `${nameOf("conclusion", task.conclusion)}${task.case_filed ? ` · ${t("case_filed")}` : ""}`]);
@@ -102,7 +102,7 @@ async function showTask(id) {
     el("div.muted", {}, `${t("source")}：${a.source}`))));
   $("task-history").replaceChildren(...task.history.map((h) => el("li", {},
     el("b", {}, nameOf("action", h.action)),
-    el("span.muted", {}, `${fmt.short(h.at)} · ${h.actor}`),
+    el("span.muted", {}, `${fmt.short(h.at)} · ${h.actor === "system" ? t("system") : task.inspector_names[h.actor] ?? h.actor}`),
     h.note ? el("span", {}, h.note) : null)));
 }
 

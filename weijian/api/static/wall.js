@@ -135,7 +135,9 @@ function deviceName(id) {
   const device = state.devices.get(id);
   return device?.name ? `${device.name} (${id})` : id;
 }
-function personName(username) { return state.people.get(username) ?? username; }
+function personName(username) {
+  return username === "system" ? t("system") : state.people.get(username) ?? username;
+}
 
 function renderKpis() {
   const o = state.overview;
@@ -309,7 +311,16 @@ async function start() {
     console.warn(error);
     if (!session.token) return;
   }
-  state.stream = openStream({ onEvent: (n, d) => onEvent(n, d).catch(console.warn), onState: setLive });
+  let connectedBefore = false;
+  state.stream = openStream({
+    onEvent: (n, d) => onEvent(n, d).catch(console.warn),
+    onState: (live) => {
+      setLive(live);
+      // Events sent while the stream was down are not replayed: reload after a reconnect.
+      if (live && connectedBefore) reloadAll().catch(console.warn);
+      connectedBefore ||= live;
+    },
+  });
   const every = (ms, fn) => state.timers.push(setInterval(() => fn().catch(console.warn), ms));
   every(30000, loadNumbers);
   every(60000, loadTasks);
