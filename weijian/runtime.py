@@ -150,6 +150,8 @@ async def _serve_api(settings: Settings, pool: object) -> None:
         port=settings.http_port,
         log_level=settings.log_level.lower(),
         lifespan="on",
+        # Open wall streams must not hold a shutdown forever.
+        timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
     try:

@@ -192,7 +192,7 @@ def features(kind: DeviceKind, frame: pd.DataFrame) -> pd.DataFrame:
     return out.replace([np.inf, -np.inf], np.nan).iloc[1:]
 
 
-@dataclass
+@dataclass(eq=False)
 class DeviceModel:
     """An IsolationForest fitted on one device's history, with its own flag threshold.
 
@@ -321,6 +321,7 @@ class AnomalyDetector:
         flagged: pd.DataFrame,
     ) -> Finding:
         feature = str(flagged["top_feature"].iloc[int(np.argmax(flagged["score"].to_numpy()))])
+        metric = feature.removesuffix("_per_s").removesuffix("_per_min")
         return Finding(
             rule=self.rule.id,
             site_id=site.site_id,
@@ -338,7 +339,7 @@ class AnomalyDetector:
             ),
             evidence_from=flagged.index[0].to_pydatetime(),
             evidence_to=flagged.index[-1].to_pydatetime(),
-            evidence_metric=feature.removesuffix("_per_s").removesuffix("_per_min"),
+            evidence_metric=metric if metric in kind_spec(model.kind).metric_names else None,
             episode=iso(hour),
             details={"flagged": len(flagged), "top_feature": feature},
         )

@@ -213,6 +213,10 @@ class TelemetryIngestor:
         rows = _BatchRows(self._clock.now())
         for inbound in batch:
             self._decode_one(conn, inbound, rows)
+        for inbound in batch:
+            if inbound.qos > 0:
+                self._client.ack(inbound.mid, inbound.qos)
+        time.sleep(0.05)
         counts = repo.write_batch(
             conn,
             readings=rows.readings,
@@ -220,9 +224,6 @@ class TelemetryIngestor:
             dead=rows.dead,
             presence=list(rows.presence.values()),
         )
-        for inbound in batch:
-            if inbound.qos > 0:
-                self._client.ack(inbound.mid, inbound.qos)
         self._account(batch, rows, counts, started)
         if self._on_commit is not None and rows.presence:
             self._on_commit(list(rows.presence))

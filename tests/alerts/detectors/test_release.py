@@ -83,7 +83,7 @@ def test_later_disinfection_ends_the_episode_and_clears() -> None:
     s = site(packing(at(hours=4), 60), cabinet_batch(at(hours=4, minutes=20)))
     findings = RELEASE(s, NOW)
     (fired,) = firing(findings)
-    assert fired.ended_at == at(hours=4, minutes=20)
+    assert fired.ended_at == at(hours=4, minutes=19)  # the last uncovered increment
     assert state(findings, "meter") == "clear"
 
 

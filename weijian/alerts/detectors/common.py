@@ -6,8 +6,11 @@ Conventions every detector follows (docs/rules.md, "Episodes and clears"):
   data point) or *closed* (a past episode such as a bad batch, `ended_at` set).
 - A clear finding is positive evidence that the condition no longer holds. A detector never
   emits a clear for a (device, rule) while it emits an open firing for it in the same run.
+- A closed episode ends (`ended_at`) at its last bad sample, so the sample that ended it is
+  later evidence for the clear.
 - The state of a (device, rule) after one run is therefore: firing if any open firing, else the
-  finding with the latest `evidence_to` (firing wins a tie). `current_state` implements this.
+  finding with the latest evidence time (`ended_at`, else `evidence_to`; firing wins a tie), the
+  order `alerts/service.py` applies. `current_state` implements this.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def current_state(findings: Iterable[Finding]) -> dict[tuple[str | None, str], F
 
 def _rank(finding: Finding) -> tuple[int, datetime, int]:
     is_open = finding.state == "firing" and finding.ended_at is None
-    when = finding.evidence_to or finding.ended_at or finding.started_at or _EARLIEST
+    when = finding.ended_at or finding.evidence_to or finding.started_at or _EARLIEST
     return (int(is_open), when, int(finding.state == "firing"))
 
 

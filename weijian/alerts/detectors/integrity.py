@@ -123,12 +123,9 @@ class FlatlineDetector(DeviceDetector):
             episode = f"temp_c@{batch.batch_id}"
             span = batch.end - batch.start
             finding = self._firing(site, device, "temp_c", run, window=span, episode=episode)
-            if len({r.value for r in inside}) == 1:
-                findings.append(replace(finding, episode=episode))
-            else:
-                findings.append(
-                    replace(finding, episode=episode, state="clear", summary="批次温度数据正常变化")
-                )
+            if len({r.value for r in inside}) > 1:
+                finding = replace(finding, state="clear", summary="批次温度数据正常变化")
+            findings.append(finding)
         return findings
 
     def _firing(

@@ -105,7 +105,9 @@ class ReleaseDetector:
             if not inc.covered:
                 buckets.setdefault(floor_to(inc.ts, period), []).append(inc)
         for start, uncovered in buckets.items():
-            ended = next((i.ts for i in judged if i.covered and i.ts > uncovered[-1].ts), None)
+            # Over once a later increment is covered; it ends at its last uncovered increment.
+            later = any(i.covered and i.ts > uncovered[-1].ts for i in judged)
+            ended = uncovered[-1].ts if later else None
             findings.append(
                 self._firing(
                     site, meter, uncovered, start=start, period=period, ended=ended, lag=lag

@@ -214,9 +214,15 @@ class UvDetector:
             return []
         lit = on_time(samples, start, end, _max_gap(site, device))
         short = lit < need
-        what = f"{episode} 当日" if not episode.startswith("handover:") else "交接后"
+        if episode.startswith("handover:"):
+            hours = (end - start).total_seconds() / 3600
+            what = f"交接（联单 {episode.removeprefix('handover:')}）后 {hours:g} 小时内"
+        else:
+            what = f" {episode} 全天"
+        minutes = lit.total_seconds() / 60
         summary = (
-            f"暂存间{what}紫外线灯累计开启 {mmss(lit)}，要求 ≥ {need.total_seconds() / 60:g} 分钟"
+            f"暂存间{what}紫外线灯累计开启 {int(minutes)} 分钟，"
+            f"要求 ≥ {need.total_seconds() / 60:g} 分钟"
             if short
             else f"暂存间{what}紫外线消毒已落实"
         )
