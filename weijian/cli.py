@@ -421,6 +421,73 @@ def silences_add(
     )
 
 
+def _parse_start(text: str | None) -> Any:
+    """`now`, a negative offset like `-30m`/`-2h`, or an ISO time with offset."""
+    from datetime import UTC, datetime, timedelta
+
+    if text is None:
+        return None
+    now = datetime.now(UTC).replace(microsecond=0)
+    if text == "now":
+        return now
+    if text.startswith("-") and text[-1] in "smhd" and text[1:-1].isdigit():
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[text[-1]]
+        return now - timedelta(**{unit: int(text[1:-1])})
+    start = datetime.fromisoformat(text)
+    if start.tzinfo is None:
+        raise CliError(f"--start {text!r} needs a UTC offset, e.g. 2026-11-23T08:00:00+08:00")
+    return start
+
+
+@app.command()
+def simulate(
+    scenario: Annotated[str | None, typer.Option(help="Scenario file (see docs/simulator.md).")] = None,
+    plants: Annotated[int | None, typer.Option(min=1, help="Simulate N steam-cabinet plants instead.")] = None,
+    fault: Annotated[str | None, typer.Option(help="With --plants: a fault on plant 1, e.g. under_temp.")] = None,
+    speed: Annotated[float | None, typer.Option(min=0.001, help="Accelerate ×N (device clocks run ahead).")] = None,
+    fast: Annotated[bool, typer.Option("--fast", help="As fast as possible.")] = False,
+    start: Annotated[str | None, typer.Option(help="Override the start: now, -30m, -2h or ISO time.")] = None,
+    hours: Annotated[float, typer.Option(min=0.01, help="With --plants: how long to run.")] = 24.0,
+    shared_account: Annotated[bool, typer.Option(help="Publish through the platform account.")] = False,
+) -> None:
+    """Run simulated sites against the broker, each device with its own credentials.
+
+    By default it runs in real time: a start in the past is caught up at once, then it follows
+    the clock (Ctrl-C stops it).
+    """
+    from datetime import timedelta
+
+    from weijian.simulator import MqttPublisher, Simulation, load_scenario
+    from weijian.simulator.live import plants_scenario, run_following_clock
+    from weijian.simulator.platform import RegistryProvisioner
+
+    if (scenario is None) == (plants is None):
+        raise CliError("give either --scenario FILE or --plants N")
+    if fault is not None and plants is None:
+        raise CliError("--fault goes with --plants; a scenario file lists its own faults")
+    settings = _settings()
+    _logging(settings.log_level)
+    first = _parse_start(start)
+    if plants is not None:
+        chosen = plants_scenario(plants, fault=fault, start=first or _parse_start("-25m"),
+                                 duration=timedelta(hours=hours))
+    else:
+        chosen = load_scenario(scenario or "")
+        if first is not None:
+            chosen = chosen.model_copy(update={"start": first})
+    credentials = RegistryProvisioner(settings, own_credentials=not shared_account).provision(chosen)
+    sink = MqttPublisher(credentials)
+    devices = len(credentials)
+    typer.echo(f"simulating {chosen.name}: {len(chosen.sites)} sites, {devices} devices, "
+               f"from {chosen.start.isoformat()} for {chosen.end - chosen.start}", err=True)
+    if fast or speed is not None:
+        stats = Simulation(chosen, sink=sink, speed=None if fast else speed).run()
+        typer.echo(f"sent {stats.messages} messages in {stats.wall_s:.1f} s", err=True)
+        return
+    live = run_following_clock(Simulation(chosen, step=timedelta(seconds=5), progress=False), sink)
+    typer.echo(f"sent {live.messages} messages", err=True)
+
+
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
         error = exc.errors()[0]
@@ -437,6 +504,7 @@ def main() -> None:
     """Entry point: run the app, turning known errors into one line on stderr and exit 1."""
     from weijian.db.migrate import MigrationError
     from weijian.devices.broker import BrokerError
+    from weijian.simulator.publisher import PublishError
 
     known: tuple[type[BaseException], ...] = (
         CliError,

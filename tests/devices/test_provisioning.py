@@ -125,3 +125,19 @@ def test_broker_error_is_clear_when_the_broker_is_down(settings: Settings) -> No
     )
     with pytest.raises(BrokerError, match="cannot reach the broker"):
         store.create_device("x-1", "pw", [])
+
+
+@pytest.mark.anyio
+async def test_leftover_broker_account_is_taken_over(settings: Settings) -> None:
+    """A registry reset (fresh database) must not leave a device unable to register again."""
+    site = await make_site(settings)
+    store = DynamicSecurity(settings.mqtt, settings.mqtt_topic_root)
+    store.create_device("d-leftover", "old-password-1", [])
+    try:
+        creds = await make_device(settings, site, device_id="d-leftover")
+        device = DevicePublisher(creds)
+        assert not device.connect_reason.is_failure
+        assert device.publish("telemetry", {"seq": 1, "ts": 1, "metrics": {"temp_c": 1}}) < 128
+        device.close()
+    finally:
+        drop_devices(settings, ["d-leftover"])

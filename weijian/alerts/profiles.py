@@ -41,6 +41,8 @@ DEFAULTS: dict[SiteKind, dict[str, Any]] = {
         "infrared.min_hold_s": 600.0,
         # A run at temperature is broken by a gap between samples longer than this.
         "hold.max_sample_gap_s": 60.0,
+        # A batch is judged once a reading at/after its end is stored, or this long after it.
+        "hold.settle_s": 300.0,
         "dish.min_rinse_temp_c": 85.0,
         "dish.min_exposure_s": 40.0,
         "dish.zone_length_m": 1.0,

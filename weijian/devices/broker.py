@@ -28,7 +28,7 @@ class BrokerError(RuntimeError):
 
 
 class CredentialStore(Protocol):
-    """Where device credentials live (the broker's dynamic security, or a test double)."""
+    """Where device credentials live (the broker's dynamic security, or the shared account)."""
 
     def create_device(self, device_id: str, password: str, topics: list[str]) -> None: ...
 
@@ -60,23 +60,29 @@ class DynamicSecurity:
         self._timeout = timeout_s
 
     def create_device(self, device_id: str, password: str, topics: list[str]) -> None:
+        """Create the device's role and account. An account left over (e.g. after the
+        database was reset) is taken over: its ACLs are reset and it gets the new password."""
         del topics  # the ACLs are derived from the id and the topic root
         role = role_name(device_id)
-        self.run(
-            [
-                {
-                    "command": "createRole",
-                    "rolename": role,
-                    "acls": device_acls(self._topic_root, device_id),
-                },
-                {
-                    "command": "createClient",
-                    "username": device_id,
-                    "password": password,
-                    "roles": [{"rolename": role}],
-                },
-            ]
-        )
+        create = [
+            {
+                "command": "createRole",
+                "rolename": role,
+                "acls": device_acls(self._topic_root, device_id),
+            },
+            {
+                "command": "createClient",
+                "username": device_id,
+                "password": password,
+                "roles": [{"rolename": role}],
+            },
+        ]
+        responses = self.run([dict(c) for c in create], tolerate=("already exists",))
+        if not any("already exists" in str(r.get("error", "")) for r in responses):
+            return
+        log.warning("the broker already had an account for %s; taking it over", device_id)
+        self.delete_device(device_id)
+        self.run([dict(c) for c in create])
 
     def set_password(self, device_id: str, password: str) -> None:
         self.run([{"command": "setClientPassword", "username": device_id, "password": password}])
@@ -90,13 +96,14 @@ class DynamicSecurity:
                 {"command": "deleteClient", "username": device_id},
                 {"command": "deleteRole", "rolename": role_name(device_id)},
             ],
-            ignore_missing=True,
+            tolerate=("not found",),
         )
 
     def run(
-        self, commands: list[dict[str, Any]], *, ignore_missing: bool = False
+        self, commands: list[dict[str, Any]], *, tolerate: tuple[str, ...] = ()
     ) -> list[dict[str, Any]]:
-        """Send commands in one message; raise BrokerError naming the first refused one."""
+        """Send commands in one message; raise BrokerError naming the first refused one
+        (errors containing one of the `tolerate` phrases are returned, not raised)."""
         correlation = uuid.uuid4().hex
         for i, command in enumerate(commands):
             command["correlationData"] = f"{correlation}-{i}"
@@ -152,6 +159,6 @@ class DynamicSecurity:
         responses: list[dict[str, Any]] = answer["responses"]
         for response in responses:
             error = response.get("error")
-            if error and not (ignore_missing and "not found" in str(error).lower()):
+            if error and not any(phrase in str(error).lower() for phrase in tolerate):
                 raise BrokerError(f"broker refused {response.get('command')}: {error}")
         return responses

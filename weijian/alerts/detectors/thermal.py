@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from weijian.alerts.detectors.common import DeviceDetector, mmss, seconds, series
+from weijian.alerts.detectors.common import DeviceDetector, between, mmss, seconds, series
 from weijian.alerts.models import DeviceData, Finding, Profile, RuleSpec, Severity, SiteData
 from weijian.alerts.rules import rule
 from weijian.devices.kinds import DeviceKind
@@ -97,12 +97,18 @@ def judge_batches(device: DeviceData, profile: Profile, now: datetime) -> list[B
     limit = profile.number(f"{prefix}.min_temp_c", device.device_id)
     min_hold = seconds(profile.number(f"{prefix}.min_hold_s", device.device_id))
     max_gap = seconds(profile.number("hold.max_sample_gap_s", device.device_id))
+    settle = seconds(profile.number("hold.settle_s", device.device_id))
     temps = series(device, "temp_c")
+    latest = temps[-1].ts if temps else None
     judged: list[BatchJudgement] = []
     for batch in batches(device):
         if batch.end > now:
             continue
-        inside = [r for r in temps if batch.start <= r.ts <= batch.end]
+        # Events and readings travel separately (and backlogs arrive in pieces): judge a batch
+        # once a reading from its end on is stored, or once `hold.settle_s` has passed.
+        if (latest is None or latest < batch.end) and now - batch.end < settle:
+            continue
+        inside = between(temps, batch.start, batch.end)
         if not inside:
             continue  # no data for the batch: the data-integrity rules speak to that
         peak = max(r.value for r in inside)
