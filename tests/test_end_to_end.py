@@ -111,6 +111,11 @@ def test_short_hold_from_a_stock_mqtt_client_reaches_an_inspection_task(
                 "data": {"batch_id": "B1"},
             },
         )
+        # The cabinet keeps reporting; the batch is judged once data from its end is in.
+        device.publish(
+            "telemetry",
+            {"seq": 101, "ts": ms(start + timedelta(seconds=860)), "metrics": {"temp_c": 70.0}},
+        )
         with psycopg.connect(settings.database_url) as conn:
             alert = None
             while time.monotonic() - published < 20:

@@ -488,6 +488,23 @@ def simulate(
     typer.echo(f"sent {live.messages} messages", err=True)
 
 
+@app.command()
+def demo(
+    scenario: Annotated[str, typer.Option(help="The demo scenario.")] = "scenarios/demo.yaml",
+) -> None:
+    """A small simulated city on the real pipeline: prints the wall URL and an admin login."""
+    from pathlib import Path
+
+    from weijian.simulator.demo import run_demo
+
+    settings = _settings()
+    _logging(settings.log_level)
+    path = Path(scenario)
+    if not path.exists():
+        raise CliError(f"no scenario file {scenario} (run `make demo` from the repository)")
+    run_demo(settings, path, Path(".run"))
+
+
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
         error = exc.errors()[0]

@@ -150,6 +150,7 @@ async def _serve_api(settings: Settings, pool: object) -> None:
         port=settings.http_port,
         log_level=settings.log_level.lower(),
         lifespan="on",
+        access_log=settings.log_level.upper() == "DEBUG",
         # Open wall streams must not hold a shutdown forever.
         timeout_graceful_shutdown=5,
     )

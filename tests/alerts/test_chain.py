@@ -223,3 +223,34 @@ async def test_histories_are_append_only(settings: Settings) -> None:
             await conn.execute("UPDATE task_history SET actor = 'someone'")
         with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
             await conn.execute("DELETE FROM alert_history")
+
+
+@pytest.mark.anyio
+async def test_backlog_older_than_the_lookback_is_judged_when_it_arrives(
+    settings: Settings,
+) -> None:
+    """A device back after a 6-hour outage sends its backlog; its bad batch still raises."""
+    site_id, device_id = await setup_site(settings)
+    start = NOW - timedelta(hours=6)
+    store_batch(settings, device_id, start=start, hold_s=60, batch_id="B-old")
+    conn = await connect(settings.database_url)
+    async with conn:
+        plain = await evaluate_sites(
+            conn=conn,
+            site_ids=[site_id],
+            detectors=catalogue(),
+            now=NOW,
+            rng=random.Random(1),
+            sign="x",
+        )
+        assert plain.changes == []  # outside the detectors' usual look-back
+        late = await evaluate_sites(
+            conn=conn,
+            site_ids=[site_id],
+            detectors=catalogue(),
+            now=NOW,
+            rng=random.Random(1),
+            sign="x",
+            since={site_id: start},
+        )
+        assert [c.rule for c in late.changes] == ["disinfection.hold_time_short"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,10 +37,23 @@ class EvaluationResult:
     notifications: list[int] = field(default_factory=list)
 
 
+# Late data older than this is left to `weijian backtest`.
+MAX_LATE = timedelta(days=7)
+
+
 async def load_site_data(
-    *, conn: AsyncConn, site_ids: Sequence[str], detectors: Sequence[Detector], now: datetime
+    *,
+    conn: AsyncConn,
+    site_ids: Sequence[str],
+    detectors: Sequence[Detector],
+    now: datetime,
+    since: Mapping[str, datetime] | None = None,
 ) -> list[SiteData]:
-    """Each site's devices with the readings and events the detectors need, up to `now`."""
+    """Each site's devices with the readings and events the detectors need, up to `now`.
+
+    `since` (site → earliest device time of newly arrived data) widens the window so that a
+    backlog sent after an outage is judged too, not only the last `lookback`.
+    """
     rows = await repository.site_devices(conn=conn, site_ids=site_ids)
     if not rows:
         return []
@@ -61,6 +74,9 @@ async def load_site_data(
             readings = events = []
             if span is not None:
                 start = now - span
+                late = (since or {}).get(site_id)
+                if late is not None:
+                    start = min(start, max(late, now - MAX_LATE) - span)
                 readings = await repository.readings_between(
                     conn=conn, device_ids=[device_id], start=start, end=now
                 )
@@ -81,7 +97,11 @@ async def load_site_data(
             first["site_profile"],
             {str(r["id"]): r["profile"] for r in device_rows if r["profile"]},
         )
-        sites.append(SiteData(site_id, SiteKind(str(first["site_kind"])), device_data, profile))
+        late = (since or {}).get(site_id)
+        late_since = None if late is None else max(late, now - MAX_LATE)
+        sites.append(
+            SiteData(site_id, SiteKind(str(first["site_kind"])), device_data, profile, late_since)
+        )
     return sites
 
 
@@ -195,10 +215,13 @@ async def evaluate_sites(
     now: datetime,
     rng: random.Random,
     sign: str,
+    since: Mapping[str, datetime] | None = None,
 ) -> EvaluationResult:
     """Run the detectors over the sites and commit what follows, one transaction per site."""
     result = EvaluationResult()
-    for site in await load_site_data(conn=conn, site_ids=site_ids, detectors=detectors, now=now):
+    for site in await load_site_data(
+        conn=conn, site_ids=site_ids, detectors=detectors, now=now, since=since
+    ):
         findings = run_detectors(site, detectors, now)
         result.findings += len(findings)
         async with conn.transaction():

@@ -6,7 +6,8 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 
 import orjson
 from prometheus_client import Counter, Histogram
@@ -53,10 +54,13 @@ class DetectionLoop:
         self._sign = sign
         self._scan_interval = scan_interval_s
         self._debounce = debounce_s
-        self._pending: set[str] = set()
+        # device id → earliest device time of its new data (None: only presence changed)
+        self._pending: dict[str, datetime | None] = {}
         self._wakeup = asyncio.Event()
 
-    async def evaluate(self, site_ids: Sequence[str], trigger: str) -> EvaluationResult:
+    async def evaluate(
+        self, site_ids: Sequence[str], trigger: str, since: Mapping[str, datetime] | None = None
+    ) -> EvaluationResult:
         started = time.monotonic()
         async with self._pool.connection() as conn:
             result = await evaluate_sites(
@@ -66,6 +70,7 @@ class DetectionLoop:
                 now=self._clock.now(),
                 rng=self._rng,
                 sign=self._sign,
+                since=since,
             )
         EVALUATIONS.labels(trigger).inc(len(site_ids))
         EVALUATION_SECONDS.observe(time.monotonic() - started)
@@ -92,7 +97,8 @@ class DetectionLoop:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     delay = 1.0
                     async for note in conn.notifies():
-                        self._pending.update(orjson.loads(note.payload))
+                        for device_id, earliest_ms in orjson.loads(note.payload).items():
+                            self._note(device_id, earliest_ms)
                         self._wakeup.set()
             except (OSError, Exception) as exc:
                 if isinstance(exc, asyncio.CancelledError):
@@ -103,17 +109,29 @@ class DetectionLoop:
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 30.0)
 
+    def _note(self, device_id: str, earliest_ms: int | None) -> None:
+        """Remember a device with new data, keeping the earliest device time announced."""
+        earliest = None if earliest_ms is None else datetime.fromtimestamp(earliest_ms / 1000, UTC)
+        known = self._pending.get(device_id)
+        if known is None or (earliest is not None and earliest < known):
+            self._pending[device_id] = earliest if earliest is not None else known
+
     async def stream(self) -> None:
         """Evaluate the sites of devices with new data, shortly after it is committed."""
         while True:
             await self._wakeup.wait()
             await asyncio.sleep(self._debounce)
             self._wakeup.clear()
-            devices, self._pending = list(self._pending), set()
+            pending, self._pending = self._pending, {}
             try:
                 async with self._pool.connection() as conn:
-                    site_ids = await repository.sites_of_devices(conn=conn, device_ids=devices)
-                await self.evaluate(site_ids, "stream")
+                    sites = await repository.site_of_device(conn=conn, device_ids=list(pending))
+                since: dict[str, datetime] = {}
+                for device_id, earliest in pending.items():
+                    site_id = sites.get(device_id)
+                    if site_id is not None and earliest is not None:
+                        since[site_id] = min(earliest, since.get(site_id, earliest))
+                await self.evaluate(sorted(set(sites.values())), "stream", since=since)
             except Exception:
                 log.exception("stream evaluation failed; the next scan will retry")
 

@@ -69,6 +69,14 @@ class SiteData:
     site_kind: SiteKind
     devices: Mapping[str, DeviceData]
     profile: Profile
+    # Earliest device time of late data just received (a backlog): detectors look back from
+    # there as well as from `now`, so old data arriving late is still judged.
+    late_since: datetime | None = None
+
+    def window_start(self, now: datetime, lookback: timedelta) -> datetime:
+        """Start of the data a detector with `lookback` judges at `now`."""
+        start = now - lookback
+        return start if self.late_since is None else min(start, self.late_since - lookback)
 
     def of_kind(self, *kinds: DeviceKind) -> list[DeviceData]:
         return [d for d in self.devices.values() if d.kind in kinds]

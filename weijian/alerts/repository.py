@@ -197,6 +197,13 @@ async def sites_of_devices(*, conn: AsyncConn, device_ids: Sequence[str]) -> lis
     return [str(r["site_id"]) for r in await cur.fetchall()]
 
 
+async def site_of_device(*, conn: AsyncConn, device_ids: Sequence[str]) -> dict[str, str]:
+    cur = await conn.execute(
+        "SELECT id, site_id FROM devices WHERE id = ANY(%s)", (list(device_ids),)
+    )
+    return {str(r["id"]): str(r["site_id"]) for r in await cur.fetchall()}
+
+
 async def all_site_ids(*, conn: AsyncConn) -> list[str]:
     cur = await conn.execute("SELECT id FROM sites ORDER BY id")
     return [str(r["id"]) for r in await cur.fetchall()]
@@ -263,8 +270,16 @@ async def count_detected_since(
     return {str(r["severity"]): int(r["n"]) for r in await cur.fetchall()}
 
 
-async def record_profile_change(*, conn: AsyncConn, actor: str, site_id: str | None,
-                                device_id: str | None, key: str, old: Any, new: Any) -> None:
+async def record_profile_change(
+    *,
+    conn: AsyncConn,
+    actor: str,
+    site_id: str | None,
+    device_id: str | None,
+    key: str,
+    old: Any,
+    new: Any,
+) -> None:
     await conn.execute(
         "INSERT INTO profile_changes (actor, site_id, device_id, key, old_value, new_value)"
         " VALUES (%s, %s, %s, %s, %s, %s)",

@@ -41,6 +41,8 @@ class Presence:
     last_seq: int | None
     online: bool | None
     status_at: datetime | None
+    # Earliest device time of the data in this batch (late data widens what detectors look at).
+    earliest: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +102,7 @@ def write_batch(
             )
         if presence:
             _update_presence(cur, presence)
-        for payload in _notify_payloads(p.device_id for p in presence):
+        for payload in _notify_payloads(presence):
             cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
     return BatchCounts(readings_new, events_new)
 
@@ -132,16 +134,17 @@ def _update_presence(cur: psycopg.Cursor[tuple[object, ...]], presence: Sequence
     )
 
 
-def _notify_payloads(device_ids: Iterable[str]) -> list[str]:
+def _notify_payloads(presence: Iterable[Presence]) -> list[str]:
+    """`{"device": earliest device time (epoch ms) or null}`, split under the size limit."""
     payloads: list[str] = []
-    chunk: list[str] = []
+    chunk: dict[str, int | None] = {}
     size = 0
-    for device_id in device_ids:
-        if size + len(device_id) + 4 > _NOTIFY_MAX and chunk:
+    for p in presence:
+        if size + len(p.device_id) + 24 > _NOTIFY_MAX and chunk:
             payloads.append(orjson.dumps(chunk).decode())
-            chunk, size = [], 0
-        chunk.append(device_id)
-        size += len(device_id) + 4
+            chunk, size = {}, 0
+        chunk[p.device_id] = int(p.earliest.timestamp() * 1000) if p.earliest else None
+        size += len(p.device_id) + 24
     if chunk:
         payloads.append(orjson.dumps(chunk).decode())
     return payloads

@@ -43,6 +43,8 @@ class Inbound:
     mid: int
     qos: int
     received_at_mono: float
+    # The broker connection that delivered it: a packet id means nothing on any other.
+    connection: int
 
 
 @dataclass
@@ -72,6 +74,9 @@ class TelemetryIngestor:
         self._queue: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._connected = threading.Event()
+        # Bumped when a connection is lost; acknowledgements check it under the lock.
+        self._connection_no = 0
+        self._ack_lock = threading.Lock()
         self._kinds: dict[str, DeviceKind] = {}
         self._kinds_loaded = float("-inf")
         self._batch_started = 0.0
@@ -131,13 +136,24 @@ class TelemetryIngestor:
         )
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        with self._ack_lock:
+            self._connection_no += 1
         metrics.CONNECTED.set(0)
         self._connected.clear()
         if not self._stop.is_set():
             log.warning("ingest %s lost the broker (%s); reconnecting", self._client_id, reason)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        self._queue.put(Inbound(msg.topic, bytes(msg.payload), msg.mid, msg.qos, time.monotonic()))
+        self._queue.put(
+            Inbound(
+                msg.topic,
+                bytes(msg.payload),
+                msg.mid,
+                msg.qos,
+                time.monotonic(),
+                self._connection_no,
+            )
+        )
         metrics.PENDING.inc()
 
     # -- writer thread ---------------------------------------------------------------------
@@ -213,10 +229,6 @@ class TelemetryIngestor:
         rows = _BatchRows(self._clock.now())
         for inbound in batch:
             self._decode_one(conn, inbound, rows)
-        for inbound in batch:
-            if inbound.qos > 0:
-                self._client.ack(inbound.mid, inbound.qos)
-        time.sleep(0.05)
         counts = repo.write_batch(
             conn,
             readings=rows.readings,
@@ -224,9 +236,20 @@ class TelemetryIngestor:
             dead=rows.dead,
             presence=list(rows.presence.values()),
         )
+        self._ack(batch)
         self._account(batch, rows, counts, started)
         if self._on_commit is not None and rows.presence:
             self._on_commit(list(rows.presence))
+
+    def _ack(self, batch: list[Inbound]) -> None:
+        """Acknowledge the committed messages that came in on the current connection."""
+        # Messages of an earlier connection are not acknowledged: if the broker kept the
+        # session it has sent them again (committed again, absorbed by the unique keys); if
+        # it lost the session, their packet ids now name other, uncommitted messages.
+        with self._ack_lock:
+            for inbound in batch:
+                if inbound.qos > 0 and inbound.connection == self._connection_no:
+                    self._client.ack(inbound.mid, inbound.qos)
 
     def _decode_one(
         self, conn: psycopg.Connection[tuple[Any, ...]], inbound: Inbound, rows: _BatchRows
@@ -296,7 +319,12 @@ class _BatchRows:
         old = self.presence.get(device_id)
         heard = bool(decoded.readings or decoded.events) or decoded.online is not None
         status = decoded.online is not None
+        times = [r.ts for r in decoded.readings] + [e.ts for e in decoded.events]
+        earliest = min(times) if times else None
+        if old is not None and old.earliest is not None:
+            earliest = old.earliest if earliest is None else min(earliest, old.earliest)
         self.presence[device_id] = repo.Presence(
+            earliest=earliest,
             device_id=device_id,
             last_seen_at=self.received_at if heard else (old.last_seen_at if old else None),
             last_seq=_max_opt(decoded.max_seq, old.last_seq if old else None),

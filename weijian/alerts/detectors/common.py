@@ -15,8 +15,9 @@ Conventions every detector follows (docs/rules.md, "Episodes and clears"):
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
 from zoneinfo import ZoneInfo
@@ -34,15 +35,38 @@ class DeviceDetector:
     rule: RuleSpec
     device_kinds: frozenset[DeviceKind]
     lookback: timedelta
+    # Judge only data with device time in [now − lookback, now]; detectors that work on receive
+    # time (presence, clock skew) window themselves.
+    by_device_time: bool = True
 
     def __call__(self, site: SiteData, now: datetime) -> list[Finding]:
         findings: list[Finding] = []
         for device in site.of_kind(*sorted(self.device_kinds)):
-            findings.extend(settle(self.judge(site, device, now)))
+            start = site.window_start(now, self.lookback)
+            recent = within(device, start, now) if self.by_device_time else device
+            findings.extend(settle(self.judge(site, recent, now)))
         return findings
 
     def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
         raise NotImplementedError
+
+
+def within(device: DeviceData, start: datetime, end: datetime) -> DeviceData:
+    """The device's data with device time in [start, end]: a detector judges exactly its own
+    lookback, however much history the caller loaded (it loads the most any detector needs)."""
+    return replace(
+        device,
+        readings=[r for r in device.readings if start <= r.ts <= end],
+        events=[e for e in device.events if start <= e.ts <= end],
+    )
+
+
+def site_within(
+    site: SiteData, kinds: frozenset[DeviceKind], start: datetime, end: datetime
+) -> SiteData:
+    """The site's devices of `kinds`, each `within` [start, end]."""
+    devices = {k: within(d, start, end) for k, d in site.devices.items() if d.kind in kinds}
+    return replace(site, devices=devices)
 
 
 def settle(findings: Sequence[Finding]) -> list[Finding]:
@@ -88,6 +112,13 @@ _UNITS = {
     "_m_min": "m/min",
     "_total": "件",
 }
+
+
+def between(samples: Sequence[Reading], start: datetime, end: datetime) -> list[Reading]:
+    """The samples (sorted by time) with start <= ts <= end."""
+    lo = bisect_left(samples, start, key=lambda r: r.ts)
+    hi = bisect_right(samples, end, key=lambda r: r.ts)
+    return list(samples[lo:hi])
 
 
 def metric_unit(metric: str) -> str:
