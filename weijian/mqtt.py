@@ -32,7 +32,8 @@ def new_client(
         client.username_pw_set(user, secret)
     if target.tls:
         client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
-    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    # Short backoff: while the platform is away from the broker, nothing is taken in.
+    client.reconnect_delay_set(min_delay=1, max_delay=5)
     # `clean_start` is passed at connect time for MQTT v5; keep it on the client for callers.
     client.user_data_set({"clean_start": clean_start})
     return client

@@ -79,12 +79,26 @@ async def episode_seen(*, conn: AsyncConn, fingerprint: str, episode: str) -> bo
     return await cur.fetchone() is not None
 
 
-async def record_episode(*, conn: AsyncConn, fingerprint: str, episode: str, alert_id: int) -> None:
+async def record_episode(
+    *, conn: AsyncConn, fingerprint: str, episode: str, alert_id: int, at: datetime
+) -> None:
     await conn.execute(
-        "INSERT INTO alert_episodes (fingerprint, episode, alert_id) VALUES (%s, %s, %s)"
-        " ON CONFLICT DO NOTHING",
-        (fingerprint, episode, alert_id),
+        "INSERT INTO alert_episodes (fingerprint, episode, alert_id, seen_at)"
+        " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (fingerprint, episode, alert_id, at),
     )
+
+
+async def detections(*, conn: AsyncConn) -> list[dict[str, Any]]:
+    """Every raise of an alert: one row per episode (or per alert without episodes), with the
+    time the platform detected it — what an evaluation scores against ground truth."""
+    cur = await conn.execute(
+        "SELECT a.id, a.rule, a.site_id, a.device_id, COALESCE(e.seen_at, a.detected_at)"
+        " AS first_detected_at, e.episode FROM alerts a"
+        " LEFT JOIN alert_episodes e ON e.alert_id = a.id"
+        " ORDER BY first_detected_at, a.id"
+    )
+    return list(await cur.fetchall())
 
 
 async def insert_alert(*, conn: AsyncConn, values: dict[str, Any]) -> int:

@@ -131,8 +131,8 @@ async def _fire(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChange
         )
         if finding.episode:
             await repository.record_episode(
-                conn=conn, fingerprint=key, episode=finding.episode, alert_id=alert_id
-            )
+                conn=conn, fingerprint=key, episode=finding.episode, alert_id=alert_id, at=now
+        )
         await repository.add_history(
             conn=conn,
             alert_id=alert_id,
@@ -177,7 +177,7 @@ async def _fire(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChange
     if finding.episode and not repeat:
         values["occurrences"] = int(active["occurrences"]) + 1
         await repository.record_episode(
-            conn=conn, fingerprint=key, episode=finding.episode, alert_id=alert_id
+            conn=conn, fingerprint=key, episode=finding.episode, alert_id=alert_id, at=now
         )
     escalated = finding.severity.rank > current.rank
     if escalated:

@@ -126,14 +126,23 @@ class TelemetryIngestor:
             return
         metrics.CONNECTED.set(1)
         self._connected.set()
-        group = self._settings.mqtt_share_group
-        subs = [
-            (f"$share/{group}/{self._root}/+/{ch}", 1) for ch in ("telemetry", "events", "status")
-        ]
-        client.subscribe(subs)
+        client.subscribe([(f, 1) for f in self.topic_filters()])
         log.info(
             "ingest %s connected (session present: %s)", self._client_id, flags.session_present
         )
+
+    def topic_filters(self) -> list[str]:
+        """The device topics, shared among workers when there are several.
+
+        A lone worker subscribes plainly: Mosquitto 2.0 does not persist shared subscriptions,
+        so after a broker restart messages sent before the worker re-subscribed would find no
+        subscriber. A plain subscription lives in the persistent session and keeps queueing.
+        """
+        channels = ("telemetry", "events", "status")
+        plain = [f"{self._root}/+/{ch}" for ch in channels]
+        if self._settings.ingest_workers == 1:
+            return plain
+        return [f"$share/{self._settings.mqtt_share_group}/{f}" for f in plain]
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         with self._ack_lock:
