@@ -505,6 +505,103 @@ def demo(
     run_demo(settings, path, Path(".run"))
 
 
+@app.command("eval")
+def eval_(
+    paths: Annotated[list[str], typer.Argument(help="Scenario files or folders of *.yaml.")],
+    step: Annotated[float, typer.Option(min=1, help="Simulated seconds per step (and per scan).")] = 60,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    keep: Annotated[bool, typer.Option(help="Keep each scenario's database.")] = False,
+) -> None:
+    """Run labelled scenarios through broker, ingest, detectors and alerts; score detection."""
+    from datetime import timedelta
+
+    from rich.console import Console
+
+    from weijian.simulator import load_scenarios, match, render_table, to_dict
+    from weijian.simulator.evaluate import evaluate_paths
+
+    settings = _settings()
+    _logging("WARNING" if as_json else settings.log_level)
+    scenarios = [item for path in paths for item in load_scenarios(path)]
+    if not scenarios:
+        raise CliError(f"no scenarios in {' '.join(paths)}")
+    results = evaluate_paths(settings, scenarios, step=timedelta(seconds=step), keep=keep)
+    labels = [label for r in results for label in r.labels]
+    alerts = [alert for r in results for alert in r.alerts]
+    clean_days = sum(r.device_days for r in results if r.clean)
+    evaluation = match(labels, alerts, clean_device_days=clean_days)
+    runs = [{"scenario": r.scenario.name, "messages": r.messages, "labels": len(r.labels),
+             "alerts": len(r.alerts), "device_days": round(r.device_days, 1),
+             "wall_s": round(r.wall_s, 1), "detection_s": round(r.detection_s, 1)} for r in results]
+    if as_json:
+        _print_json({"step_s": step, "scenarios": runs, **to_dict(evaluation)})
+        return
+    console = Console()
+    for run in runs:
+        console.print(f"{run['scenario']}: {run['messages']} messages, {run['labels']} labels, "
+                      f"{run['alerts']} alert raises, {run['wall_s']} s")
+    console.print(render_table(evaluation))
+    console.print(f"false alerts per 1,000 device-days on clean scenarios: "
+                  f"{evaluation.false_alerts_per_1000_device_days}")
+
+
+# -- benchmarks ----------------------------------------------------------------------------
+
+bench_app = typer.Typer(
+    help="Benchmarks on this machine, as JSON (docs/performance.md).", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    duration: Annotated[
+        float, typer.Option(min=1, help="Seconds of full-speed load (sustained part).")
+    ] = 60.0,
+    latency_duration: Annotated[
+        float, typer.Option(min=1, help="Seconds of half-speed load with the latency probe.")
+    ] = 30.0,
+    devices: Annotated[int, typer.Option(min=1, help="Devices the load publishes as.")] = 2000,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Ingest worker processes.")] = 2,
+    backlog: Annotated[
+        int, typer.Option(min=0, help="Messages queued while the ingest is away (0: no backlog).")
+    ] = 0,
+    skip: Annotated[
+        list[str] | None,
+        typer.Option(help="Parts to skip: sustained, latency, ceilings, naive, backlog."),
+    ] = None,
+    keep: Annotated[bool, typer.Option(help="Keep the benchmark's database.")] = False,
+) -> None:
+    """Ingest throughput, latency, ceilings, naive baseline and backlog drain: one JSON object.
+
+    Runs on its own database and topic root; progress goes to stderr.
+    """
+    from weijian.bench import BenchConfig, BenchError, run_ingest_bench
+    from weijian.simulator.publisher import PublishError
+    from weijian.simulator.rawmqtt import RawMqttError
+
+    parts = frozenset(p.strip() for item in skip or [] for p in item.split(",") if p.strip())
+    config = BenchConfig(
+        devices=devices,
+        workers=workers,
+        duration_s=duration,
+        latency_duration_s=latency_duration,
+        backlog=backlog,
+        skip=parts,
+        keep=keep,
+    )
+    settings = _settings()
+    try:
+        report = run_ingest_bench(
+            settings, config, lambda line: typer.echo(f"bench: {line}", err=True)
+        )
+    except (BenchError, PublishError, RawMqttError) as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"broker {settings.mqtt.public_url} unavailable: {exc}") from None
+    _print_json(report)
+
+
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
         error = exc.errors()[0]

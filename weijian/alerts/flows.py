@@ -90,6 +90,7 @@ async def load_site_data(
                 events=events,
                 last_seen=row["last_seen_at"],
                 online=row["online"],
+                ordered=True,
             )
         first = device_rows[0]
         profile = build_profile(

@@ -56,6 +56,8 @@ class DeviceData:
     # When the platform last heard from the device (receive time), if ever.
     last_seen: datetime | None = None
     online: bool | None = None
+    # True when readings and events are each sorted by device time (as the loader returns them).
+    ordered: bool = False
 
     def series(self, metric: str) -> list[Reading]:
         return [r for r in self.readings if r.metric == metric]
