@@ -4,6 +4,7 @@ alerts, inspections and notify — the device being a stock MQTT client speaking
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -41,10 +42,8 @@ class Platform:
         self._task = self._loop.create_task(
             run(self.settings, Stages(scan_interval_s=5), ready=self._ready)
         )
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             self._loop.run_until_complete(self._task)
-        except asyncio.CancelledError:
-            pass
 
     def start(self) -> None:
         self._thread.start()

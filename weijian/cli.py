@@ -441,14 +441,26 @@ def _parse_start(text: str | None) -> Any:
 
 @app.command()
 def simulate(
-    scenario: Annotated[str | None, typer.Option(help="Scenario file (see docs/simulator.md).")] = None,
-    plants: Annotated[int | None, typer.Option(min=1, help="Simulate N steam-cabinet plants instead.")] = None,
-    fault: Annotated[str | None, typer.Option(help="With --plants: a fault on plant 1, e.g. under_temp.")] = None,
-    speed: Annotated[float | None, typer.Option(min=0.001, help="Accelerate ×N (device clocks run ahead).")] = None,
+    scenario: Annotated[
+        str | None, typer.Option(help="Scenario file (see docs/simulator.md).")
+    ] = None,
+    plants: Annotated[
+        int | None, typer.Option(min=1, help="Simulate N steam-cabinet plants instead.")
+    ] = None,
+    fault: Annotated[
+        str | None, typer.Option(help="With --plants: a fault on plant 1, e.g. under_temp.")
+    ] = None,
+    speed: Annotated[
+        float | None, typer.Option(min=0.001, help="Accelerate ×N (device clocks run ahead).")
+    ] = None,
     fast: Annotated[bool, typer.Option("--fast", help="As fast as possible.")] = False,
-    start: Annotated[str | None, typer.Option(help="Override the start: now, -30m, -2h or ISO time.")] = None,
+    start: Annotated[
+        str | None, typer.Option(help="Override the start: now, -30m, -2h or ISO time.")
+    ] = None,
     hours: Annotated[float, typer.Option(min=0.01, help="With --plants: how long to run.")] = 24.0,
-    shared_account: Annotated[bool, typer.Option(help="Publish through the platform account.")] = False,
+    shared_account: Annotated[
+        bool, typer.Option(help="Publish through the platform account.")
+    ] = False,
 ) -> None:
     """Run simulated sites against the broker, each device with its own credentials.
 
@@ -469,17 +481,26 @@ def simulate(
     _logging(settings.log_level)
     first = _parse_start(start)
     if plants is not None:
-        chosen = plants_scenario(plants, fault=fault, start=first or _parse_start("-25m"),
-                                 duration=timedelta(hours=hours))
+        chosen = plants_scenario(
+            plants,
+            fault=fault,
+            start=first or _parse_start("-25m"),
+            duration=timedelta(hours=hours),
+        )
     else:
         chosen = load_scenario(scenario or "")
         if first is not None:
             chosen = chosen.model_copy(update={"start": first})
-    credentials = RegistryProvisioner(settings, own_credentials=not shared_account).provision(chosen)
+    credentials = RegistryProvisioner(settings, own_credentials=not shared_account).provision(
+        chosen
+    )
     sink = MqttPublisher(credentials)
     devices = len(credentials)
-    typer.echo(f"simulating {chosen.name}: {len(chosen.sites)} sites, {devices} devices, "
-               f"from {chosen.start.isoformat()} for {chosen.end - chosen.start}", err=True)
+    typer.echo(
+        f"simulating {chosen.name}: {len(chosen.sites)} sites, {devices} devices, "
+        f"from {chosen.start.isoformat()} for {chosen.end - chosen.start}",
+        err=True,
+    )
     if fast or speed is not None:
         stats = Simulation(chosen, sink=sink, speed=None if fast else speed).run()
         typer.echo(f"sent {stats.messages} messages in {stats.wall_s:.1f} s", err=True)
@@ -508,7 +529,9 @@ def demo(
 @app.command("eval")
 def eval_(
     paths: Annotated[list[str], typer.Argument(help="Scenario files or folders of *.yaml.")],
-    step: Annotated[float, typer.Option(min=1, help="Simulated seconds per step (and per scan).")] = 60,
+    step: Annotated[
+        float, typer.Option(min=1, help="Simulated seconds per step (and per scan).")
+    ] = 60,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     keep: Annotated[bool, typer.Option(help="Keep each scenario's database.")] = False,
 ) -> None:
@@ -530,19 +553,32 @@ def eval_(
     alerts = [alert for r in results for alert in r.alerts]
     clean_days = sum(r.device_days for r in results if r.clean)
     evaluation = match(labels, alerts, clean_device_days=clean_days)
-    runs = [{"scenario": r.scenario.name, "messages": r.messages, "labels": len(r.labels),
-             "alerts": len(r.alerts), "device_days": round(r.device_days, 1),
-             "wall_s": round(r.wall_s, 1), "detection_s": round(r.detection_s, 1)} for r in results]
+    runs = [
+        {
+            "scenario": r.scenario.name,
+            "messages": r.messages,
+            "labels": len(r.labels),
+            "alerts": len(r.alerts),
+            "device_days": round(r.device_days, 1),
+            "wall_s": round(r.wall_s, 1),
+            "detection_s": round(r.detection_s, 1),
+        }
+        for r in results
+    ]
     if as_json:
         _print_json({"step_s": step, "scenarios": runs, **to_dict(evaluation)})
         return
     console = Console()
     for run in runs:
-        console.print(f"{run['scenario']}: {run['messages']} messages, {run['labels']} labels, "
-                      f"{run['alerts']} alert raises, {run['wall_s']} s")
+        console.print(
+            f"{run['scenario']}: {run['messages']} messages, {run['labels']} labels, "
+            f"{run['alerts']} alert raises, {run['wall_s']} s"
+        )
     console.print(render_table(evaluation))
-    console.print(f"false alerts per 1,000 device-days on clean scenarios: "
-                  f"{evaluation.false_alerts_per_1000_device_days}")
+    console.print(
+        f"false alerts per 1,000 device-days on clean scenarios: "
+        f"{evaluation.false_alerts_per_1000_device_days}"
+    )
 
 
 # -- benchmarks ----------------------------------------------------------------------------
@@ -602,6 +638,120 @@ def bench_ingest(
     _print_json(report)
 
 
+@app.command("score-csv")
+def score_csv(
+    path: Annotated[str, typer.Argument(help="CSV of timestamp,value rows ('-' for stdin).")],
+    output: Annotated[
+        str | None, typer.Option("-o", "--output", help="Write here, not stdout.")
+    ] = None,
+    window: Annotated[int, typer.Option(min=10, help="Earlier rows each score looks at.")] = 120,
+    threshold: Annotated[
+        float, typer.Option(help="Score at or above which a row is flagged.")
+    ] = 0.5,
+) -> None:
+    """Score a univariate series: adds an anomaly score in [0, 1] and a 0/1 flag to each row,
+    streaming (each score uses only earlier rows)."""
+    from contextlib import ExitStack
+
+    from weijian.alerts.anomaly import score_csv as score
+
+    with ExitStack() as stack:
+        source = (
+            sys.stdin
+            if path == "-"
+            else stack.enter_context(open(path, encoding="utf-8", newline=""))
+        )
+        sink = (
+            sys.stdout
+            if output is None
+            else stack.enter_context(open(output, "w", encoding="utf-8", newline=""))
+        )
+        rows = score(source, sink, window=window, threshold=threshold)
+    if output is not None:
+        typer.echo(f"scored {rows} rows into {output}", err=True)
+
+
+@app.command()
+def backtest(
+    start: Annotated[str, typer.Option("--from", help="Start (ISO time with offset).")],
+    end: Annotated[str, typer.Option("--to", help="End (ISO time with offset).")],
+    rule: Annotated[list[str] | None, typer.Option(help="Only these rules (repeatable).")] = None,
+    site: Annotated[list[str] | None, typer.Option(help="Only these sites (repeatable).")] = None,
+    override: Annotated[
+        list[str] | None, typer.Option(help="key=value limit to try instead.")
+    ] = None,
+    step: Annotated[
+        float, typer.Option(min=10, help="Seconds between replayed evaluations.")
+    ] = 300,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Replay stored data through the detectors: what would have fired (nothing is written)."""
+    from datetime import timedelta
+
+    from weijian.alerts import tuning
+    from weijian.alerts.backtest import backtest as replay
+    from weijian.alerts.detectors import catalogue
+    from weijian.alerts.profiles import DEFAULTS
+    from weijian.alerts.rules import rule as rule_spec
+
+    first, last = _parse_start(start), _parse_start(end)
+    detectors = catalogue()
+    if rule:
+        for r in rule:
+            rule_spec(r)
+        detectors = [d for d in detectors if d.rule.id in rule]
+    overrides: dict[str, Any] = {}
+    for item in override or []:
+        key = item.partition("=")[0].strip()
+        kinds = [k for k, defaults in DEFAULTS.items() if key in defaults]
+        if not kinds:
+            raise CliError(f"unknown setting {key!r} in --override")
+        overrides.update(tuning.parse_assignments(kinds[0].value, [item]))
+    result = _run(
+        lambda: _with_conn(
+            _settings(),
+            lambda conn: replay(
+                conn=conn,
+                start=first,
+                end=last,
+                step=timedelta(seconds=step),
+                detectors=detectors,
+                site_ids=site,
+                overrides=overrides,
+            ),
+        )
+    )
+    if as_json:
+        _print_json(
+            {
+                "from": first.isoformat(),
+                "to": last.isoformat(),
+                "overrides": overrides,
+                "counts": result.counts(),
+                "alerts": [a.as_dict() for a in result.raised],
+            }
+        )
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"would have fired {first:%Y-%m-%d %H:%M} → {last:%Y-%m-%d %H:%M}")
+    for column in ("time", "rule", "site", "device", "severity", "summary"):
+        table.add_column(column)
+    for a in result.raised:
+        table.add_row(
+            f"{a.first_seen:%m-%d %H:%M}",
+            a.rule,
+            a.site_id,
+            a.device_id or "-",
+            a.severity,
+            a.summary,
+        )
+    console = Console()
+    console.print(table)
+    console.print(f"{len(result.raised)} alert(s): {result.counts()}")
+
+
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
         error = exc.errors()[0]
@@ -618,7 +768,6 @@ def main() -> None:
     """Entry point: run the app, turning known errors into one line on stderr and exit 1."""
     from weijian.db.migrate import MigrationError
     from weijian.devices.broker import BrokerError
-    from weijian.simulator.publisher import PublishError
 
     known: tuple[type[BaseException], ...] = (
         CliError,

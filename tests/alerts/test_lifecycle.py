@@ -1,4 +1,4 @@
-"""Alert lifecycle against the real database: severity rise, hysteresis, silences, inhibition, tuning."""
+"""Alert lifecycle on the real database: severity, hysteresis, silences, inhibition, tuning."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ async def setup(settings: Settings, kind: str = "medical_institution") -> tuple[
 def finding(
     site_id: str,
     rule: str,
+    *,
     state: str = "firing",
     severity: Severity = Severity.MAJOR,
     episode: str | None = None,
@@ -96,14 +97,14 @@ async def test_condition_alert_needs_two_clear_evaluations(settings: Settings) -
         later = NOW + timedelta(minutes=5)
         assert (
             await service.apply_findings(
-                conn=conn, findings=[finding(site, rule, "clear", at=later)], now=later
+                conn=conn, findings=[finding(site, rule, state="clear", at=later)], now=later
             )
             == []
         )
         again = NOW + timedelta(minutes=6)
         assert (
             await service.apply_findings(
-                conn=conn, findings=[finding(site, rule, "clear", at=again)], now=again
+                conn=conn, findings=[finding(site, rule, state="clear", at=again)], now=again
             )
             != []
         )
@@ -118,7 +119,7 @@ async def test_old_clear_evidence_does_not_resolve(settings: Settings) -> None:
             conn=conn, findings=[finding(site, "waste.bag_missing", episode="b1", at=NOW)], now=NOW
         )
         stale = finding(
-            site, "waste.bag_missing", "clear", episode="b0", at=NOW - timedelta(hours=1)
+            site, "waste.bag_missing", state="clear", episode="b0", at=NOW - timedelta(hours=1)
         )
         assert await service.apply_findings(conn=conn, findings=[stale], now=NOW) == []
 

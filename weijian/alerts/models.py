@@ -108,6 +108,9 @@ class Profile:
     def as_dict(self) -> dict[str, Any]:
         return dict(self._values)
 
+    def device_overrides(self) -> dict[str, dict[str, Any]]:
+        return {k: dict(v) for k, v in self._device.items()}
+
 
 @dataclass(frozen=True)
 class Finding:

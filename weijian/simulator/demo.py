@@ -56,31 +56,48 @@ def prepare_scenario(path: Path, now: datetime) -> Scenario:
     return scenario.model_copy(update={"start": demo_start(now), "duration": timedelta(days=2)})
 
 
-async def ensure_people(settings: Settings, scenario: Scenario, secret_file: Path) -> DemoLogin:
-    """An admin (password kept in `secret_file`) and two inspectors per district."""
+def load_login(secret_file: Path) -> DemoLogin:
+    """The demo admin's login: kept in `secret_file` (0600) so re-runs print the same one."""
+    if secret_file.exists():
+        return DemoLogin(**json.loads(secret_file.read_text()))
+    login = DemoLogin(ADMIN, secrets.token_urlsafe(9))
+    secret_file.parent.mkdir(parents=True, exist_ok=True)
+    secret_file.write_text(json.dumps(login.__dict__))
+    secret_file.chmod(0o600)
+    return login
+
+
+async def ensure_people(settings: Settings, scenario: Scenario, login: DemoLogin) -> None:
+    """The admin and two inspectors per district of the scenario."""
     conn = await connect(settings.database_url)
     async with conn:
-        if secret_file.exists():
-            login = DemoLogin(**json.loads(secret_file.read_text()))
-        else:
-            login = DemoLogin(ADMIN, secrets.token_urlsafe(9))
         if await users.get_user(conn=conn, username=login.username) is None:
-            await users.add_user(conn=conn, new=UserCreate(
-                username=login.username, name="监督所管理员", role=Role.ADMIN, password=login.password))
-            secret_file.parent.mkdir(parents=True, exist_ok=True)
-            secret_file.write_text(json.dumps(login.__dict__))
-            secret_file.chmod(0o600)
+            await users.add_user(
+                conn=conn,
+                new=UserCreate(
+                    username=login.username,
+                    name="监督所管理员",
+                    role=Role.ADMIN,
+                    password=login.password,
+                ),
+            )
         districts = sorted({site.district for site in scenario.sites})
         names = iter(INSPECTOR_NAMES * 4)
         for d, district in enumerate(districts):
             for i in range(2):
                 username = f"inspector{d + 1}{i + 1}"
                 if await users.get_user(conn=conn, username=username) is None:
-                    await users.add_user(conn=conn, new=UserCreate(
-                        username=username, name=next(names), role=Role.INSPECTOR,
-                        password=f"{username}-demo", district=district,
-                        phone=f"139{d + 1:04d}{i + 1:04d}"))
-        return login
+                    await users.add_user(
+                        conn=conn,
+                        new=UserCreate(
+                            username=username,
+                            name=next(names),
+                            role=Role.INSPECTOR,
+                            password=f"{username}-demo",
+                            district=district,
+                            phone=f"139{d + 1:04d}{i + 1:04d}",
+                        ),
+                    )
 
 
 def run_demo(settings: Settings, scenario_path: Path, run_dir: Path) -> None:
@@ -90,14 +107,18 @@ def run_demo(settings: Settings, scenario_path: Path, run_dir: Path) -> None:
     migrate(settings.database_url)
     now = datetime.now(UTC)
     scenario = prepare_scenario(scenario_path, now)
-    login = asyncio.run(ensure_people(settings, scenario, run_dir / "demo-admin.json"))
+    login = load_login(run_dir / "demo-admin.json")
+    asyncio.run(ensure_people(settings, scenario, login))
     credentials = RegistryProvisioner(settings, phones=["13800138000"]).provision(scenario)
     stop = threading.Event()
 
     def simulate() -> None:
         try:
-            run_following_clock(Simulation(scenario, step=timedelta(seconds=5), progress=False),
-                                MqttPublisher(credentials), stop=stop.is_set)
+            run_following_clock(
+                Simulation(scenario, step=timedelta(seconds=5), progress=False),
+                MqttPublisher(credentials),
+                stop=stop.is_set,
+            )
         except Exception:
             log.exception("the simulator stopped")
 
@@ -105,7 +126,8 @@ def run_demo(settings: Settings, scenario_path: Path, run_dir: Path) -> None:
     banner = (
         "\n"
         f"  Weijian demo: {len(scenario.sites)} sites, {len(credentials)} simulated devices,\n"
-        f"  replaying since {scenario.start.astimezone(LOCAL):%m-%d %H:%M} (Asia/Shanghai), then live.\n"
+        f"  replaying since {scenario.start.astimezone(LOCAL):%m-%d %H:%M} (Asia/Shanghai),"
+        " then live.\n"
         f"  wall:   {base}/wall\n"
         f"  phone:  {base}/m   (inspector11 / inspector11-demo)\n"
         f"  login:  {login.username} / {login.password}\n"
@@ -116,7 +138,7 @@ def run_demo(settings: Settings, scenario_path: Path, run_dir: Path) -> None:
         ready = asyncio.Event()
         platform = asyncio.create_task(run(settings, Stages(scan_interval_s=15), ready=ready))
         await ready.wait()
-        print(banner, flush=True)  # noqa: T201 - the demo's output is for the person at the terminal
+        print(banner, flush=True)
         simulator = asyncio.create_task(asyncio.to_thread(simulate))
         try:
             await platform

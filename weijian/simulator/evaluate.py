@@ -89,25 +89,31 @@ def _admin_url(database_url: str) -> str:
 def drop_database(database_url: str) -> None:
     name = database_url.rsplit("/", 1)[1]
     with psycopg.connect(_admin_url(database_url), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 class ScenarioEvaluation:
     """One scenario through broker, ingest, detectors and alerts on its own database."""
 
-    def __init__(self, base: Settings, scenario: Scenario, *, step: timedelta, keep: bool = False) -> None:
+    def __init__(
+        self, base: Settings, scenario: Scenario, *, step: timedelta, keep: bool = False
+    ) -> None:
         tag = uuid.uuid4().hex[:8]
         self.scenario = scenario
         self.step = step
         self.keep = keep
-        self.settings = base.model_copy(update={
-            "database_url": _database(base.database_url, f"weijian_eval_{tag}"),
-            "mqtt_topic_root": f"eval{tag}/weijian/v1",
-            "mqtt_client_id": f"eval-{tag}",
-            "mqtt_share_group": f"eval{tag}",
-            "mqtt_session_expiry_s": 60,
-            "inspection_seed": 1,
-        })
+        self.settings = base.model_copy(
+            update={
+                "database_url": _database(base.database_url, f"weijian_eval_{tag}"),
+                "mqtt_topic_root": f"eval{tag}/weijian/v1",
+                "mqtt_client_id": f"eval-{tag}",
+                "mqtt_share_group": f"eval{tag}",
+                "mqtt_session_expiry_s": 60,
+                "inspection_seed": 1,
+            }
+        )
         self.clock = ManualClock(scenario.start)
         self.detection_s = 0.0
 
@@ -121,7 +127,9 @@ class ScenarioEvaluation:
                 drop_database(self.settings.database_url)
 
     def _run(self, started: float) -> ScenarioResult:
-        credentials = RegistryProvisioner(self.settings, own_credentials=False).provision(self.scenario)
+        credentials = RegistryProvisioner(self.settings, own_credentials=False).provision(
+            self.scenario
+        )
         ingestor = TelemetryIngestor(self.settings, clock=self.clock)
         ingestor.start()
         if not ingestor.wait_connected(15):
@@ -137,13 +145,27 @@ class ScenarioEvaluation:
         def on_step(sim_time: datetime) -> None:
             self._await_commit(ingestor, sink.published)
             t0 = time.monotonic()
-            runner.run(evaluate_sites(conn=conn, site_ids=site_ids, detectors=detectors,
-                                      now=sim_time, rng=rng, sign="卫生监督所"))
+            runner.run(
+                evaluate_sites(
+                    conn=conn,
+                    site_ids=site_ids,
+                    detectors=detectors,
+                    now=sim_time,
+                    rng=rng,
+                    sign="卫生监督所",
+                )
+            )
             self.detection_s += time.monotonic() - t0
 
         try:
-            simulation = Simulation(self.scenario, sink=sink, step=self.step, on_step=on_step,
-                                    clock=self.clock, speed=None)
+            simulation = Simulation(
+                self.scenario,
+                sink=sink,
+                step=self.step,
+                on_step=on_step,
+                clock=self.clock,
+                speed=None,
+            )
             stats = simulation.run()
             rows = runner.run(alerts_repo.detections(conn=conn))
         finally:
@@ -151,22 +173,37 @@ class ScenarioEvaluation:
             runner.close()
             ingestor.stop()
         alerts = alerts_from_platform(rows, credentials, self.scenario.name)
-        return ScenarioResult(self.scenario, simulation.labels, alerts, stats.messages,
-                              time.monotonic() - started, self.detection_s)
+        return ScenarioResult(
+            self.scenario,
+            simulation.labels,
+            alerts,
+            stats.messages,
+            time.monotonic() - started,
+            self.detection_s,
+        )
 
     @staticmethod
     def _await_commit(ingestor: TelemetryIngestor, published: int) -> None:
         deadline = time.monotonic() + COMMIT_TIMEOUT_S
         while ingestor.stats.messages < published:
             if time.monotonic() > deadline:
-                log.warning("ingest committed %d of %d messages in %.0f s; evaluating anyway",
-                            ingestor.stats.messages, published, COMMIT_TIMEOUT_S)
+                log.warning(
+                    "ingest committed %d of %d messages in %.0f s; evaluating anyway",
+                    ingestor.stats.messages,
+                    published,
+                    COMMIT_TIMEOUT_S,
+                )
                 return
             time.sleep(0.005)
 
 
-def evaluate_paths(base: Settings, scenarios: Sequence[tuple[Path, Scenario]], *, step: timedelta,
-                   keep: bool = False) -> list[ScenarioResult]:
+def evaluate_paths(
+    base: Settings,
+    scenarios: Sequence[tuple[Path, Scenario]],
+    *,
+    step: timedelta,
+    keep: bool = False,
+) -> list[ScenarioResult]:
     """Evaluate scenarios one after the other (each on its own database)."""
     results = []
     for path, scenario in scenarios:

@@ -26,8 +26,9 @@ class LiveStats:
     caught_up_at: float | None = None
 
 
-def plants_scenario(count: int, *, fault: str | None, start: datetime, duration: timedelta,
-                    seed: int = 1) -> Scenario:
+def plants_scenario(
+    count: int, *, fault: str | None, start: datetime, duration: timedelta, seed: int = 1
+) -> Scenario:
     """`count` plants with one steam cabinet each, working all day; `fault` on the first plant."""
     if count < 1:
         raise ValueError("--plants must be at least 1")
@@ -55,9 +56,13 @@ def plants_scenario(count: int, *, fault: str | None, start: datetime, duration:
     return parse_scenario(data, "--plants")
 
 
-def run_following_clock(simulation: Simulation, sink: MessageSink, *,
-                        now: Callable[[], datetime] = lambda: datetime.now(UTC),
-                        stop: Callable[[], bool] = lambda: False) -> LiveStats:
+def run_following_clock(
+    simulation: Simulation,
+    sink: MessageSink,
+    *,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    stop: Callable[[], bool] = lambda: False,
+) -> LiveStats:
     """Send every step once its simulated time has passed on the wall clock (real time).
 
     Steps already in the past go out at once (the catch-up); device timestamps stay true.

@@ -48,7 +48,9 @@ class RegistryProvisioner:
     publish through the platform's account.
     """
 
-    def __init__(self, settings: Settings, *, own_credentials: bool = True, phones: list[str] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, own_credentials: bool = True, phones: list[str] | None = None
+    ) -> None:
         self._settings = settings
         self._own = own_credentials
         self._phones = phones or []
@@ -65,33 +67,74 @@ class RegistryProvisioner:
                 await self._site(conn, scenario, site_id, site)
                 for device in site.devices:
                     async with conn.transaction():
-                        creds = await self._device(conn, site_id, platform_id(site.key, device.key), device)
+                        creds = await self._device(
+                            conn, site_id, platform_id(site.key, device.key), device
+                        )
                     out[device_ref(site.key, device.key)] = creds
             return out
 
     async def _site(self, conn: AsyncConn, scenario: Scenario, site_id: str, site: Any) -> None:
         if await devices.get_site(conn=conn, site_id=site_id) is None:
-            await devices.add_site(conn=conn, new=SiteCreate(
-                id=site_id, name=site.name, kind=site.kind, district=site.district,
-                address=getattr(site, "address", None), phones=self._phones))
-        await devices.set_site_profile(conn=conn, site_id=site_id, profile=dict(scenario.site_profile(site.key)))
+            await devices.add_site(
+                conn=conn,
+                new=SiteCreate(
+                    id=site_id,
+                    name=site.name,
+                    kind=site.kind,
+                    district=site.district,
+                    address=getattr(site, "address", None),
+                    phones=self._phones,
+                ),
+            )
+        await devices.set_site_profile(
+            conn=conn, site_id=site_id, profile=dict(scenario.site_profile(site.key))
+        )
 
-    async def _device(self, conn: AsyncConn, site_id: str, device_id: str, device: Any) -> DeviceCredentials:
+    async def _device(
+        self, conn: AsyncConn, site_id: str, device_id: str, device: Any
+    ) -> DeviceCredentials:
         settings = self._settings
-        store = DynamicSecurity(settings.mqtt, settings.mqtt_topic_root) if self._own else SharedAccount()
+        store = (
+            DynamicSecurity(settings.mqtt, settings.mqtt_topic_root)
+            if self._own
+            else SharedAccount()
+        )
         common = {"topic_root": settings.mqtt_topic_root, "broker_url": settings.broker_public_url}
         if await devices.get_device(conn=conn, device_id=device_id) is None:
-            _, issued = await devices.add_device(conn=conn, new=DeviceCreate(
-                id=device_id, site_id=site_id, kind=device.kind,
-                interval_s=max(1, round(device.interval_s))), store=store, **common)
+            _, issued = await devices.add_device(
+                conn=conn,
+                new=DeviceCreate(
+                    id=device_id,
+                    site_id=site_id,
+                    kind=device.kind,
+                    interval_s=max(1, round(device.interval_s)),
+                ),
+                store=store,
+                **common,
+            )
         else:
-            issued = await devices.rotate_credentials(conn=conn, device_id=device_id, store=store, **common)
+            issued = await devices.rotate_credentials(
+                conn=conn, device_id=device_id, store=store, **common
+            )
         if device.profile:
-            await devices.set_device_profile(conn=conn, device_id=device_id, profile=dict(device.profile))
+            await devices.set_device_profile(
+                conn=conn, device_id=device_id, profile=dict(device.profile)
+            )
         if self._own:
-            return DeviceCredentials.from_topics(device_id=issued.device_id, username=issued.username,
-                                                 password=issued.password, broker=issued.broker,
-                                                 topics=issued.topics, site_id=site_id)
+            return DeviceCredentials.from_topics(
+                device_id=issued.device_id,
+                username=issued.username,
+                password=issued.password,
+                broker=issued.broker,
+                topics=issued.topics,
+                site_id=site_id,
+            )
         target = settings.mqtt
-        return DeviceCredentials(device_id, target.username or "", target.password or "",
-                                 target.public_url, settings.mqtt_topic_root, site_id)
+        return DeviceCredentials(
+            device_id,
+            target.username or "",
+            target.password or "",
+            target.public_url,
+            settings.mqtt_topic_root,
+            site_id,
+        )
