@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from psycopg_pool import AsyncConnectionPool
 
 from weijian.alerts.detectors import catalogue
-from weijian.alerts.jobs import DetectionLoop
+from weijian.alerts.jobs import DetectionLoop, ModelTrainer
 from weijian.clock import Clock, SystemClock
 from weijian.config import Settings
 from weijian.db import retention
@@ -67,10 +67,13 @@ async def run(
             tasks: list[asyncio.Task[None]] = []
             if stages.detectors:
                 rng = random.Random(settings.inspection_seed)
+                detectors = catalogue()
+                trainer = ModelTrainer(pool=pool, detectors=detectors, clock=clock)
+                tasks.append(group.create_task(trainer.run(), name="behaviour-models"))
                 detection = DetectionLoop(
                     database_url=settings.database_url,
                     pool=pool,
-                    detectors=catalogue(),
+                    detectors=detectors,
                     clock=clock,
                     rng=rng,
                     sign=settings.sms_sign_name,

@@ -15,7 +15,7 @@ from weijian.db.connection import connect
 
 @pytest.mark.anyio
 async def test_backtest_replays_history_and_tries_a_stricter_limit(settings: Settings) -> None:
-    site_id, device_id = await setup_site(settings)
+    _site_id, device_id = await setup_site(settings)
     start = NOW - timedelta(hours=5)
     store_batch(settings, device_id, start=start, hold_s=11 * 60, batch_id="B-1")
     store_batch(

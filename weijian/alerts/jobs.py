@@ -7,13 +7,14 @@ import logging
 import random
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 from prometheus_client import Counter, Histogram
 from psycopg_pool import AsyncConnectionPool
 
 from weijian.alerts import repository
+from weijian.alerts.anomaly import AnomalyDetector, fit_models
 from weijian.alerts.flows import EvaluationResult, evaluate_sites
 from weijian.alerts.models import Detector
 from weijian.clock import Clock
@@ -145,3 +146,50 @@ class DetectionLoop:
             except Exception:
                 log.exception("scheduled scan failed")
             await asyncio.sleep(self._scan_interval)
+
+
+class ModelTrainer:
+    """Refits the `behaviour.anomaly` models from each device's recent history, on a schedule."""
+
+    def __init__(
+        self,
+        *,
+        pool: AsyncConnectionPool[AsyncConn],
+        detectors: Sequence[Detector],
+        clock: Clock,
+        history: timedelta = timedelta(hours=24),
+        interval: timedelta = timedelta(hours=24),
+    ) -> None:
+        self._pool = pool
+        self._target = next((d for d in detectors if isinstance(d, AnomalyDetector)), None)
+        self._clock = clock
+        self._history = history
+        self._interval = interval
+
+    async def train_once(self) -> int:
+        """Fit every device with enough history; returns how many models are in use."""
+        if self._target is None:
+            return 0
+        now = self._clock.now()
+        async with self._pool.connection() as conn:
+            site_ids = await repository.all_site_ids(conn=conn)
+            devices = await repository.site_devices(conn=conn, site_ids=site_ids)
+            history = {}
+            for row in devices:
+                readings = await repository.readings_between(
+                    conn=conn, device_ids=[row["id"]], start=now - self._history, end=now
+                )
+                if readings:
+                    history[str(row["id"])] = (str(row["kind"]), readings)
+        models = await asyncio.to_thread(fit_models, history)
+        self._target.models = models
+        log.info("behaviour models fitted for %d of %d devices", len(models), len(devices))
+        return len(models)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.train_once()
+            except Exception:
+                log.exception("fitting behaviour models failed; keeping the previous ones")
+            await asyncio.sleep(self._interval.total_seconds())
