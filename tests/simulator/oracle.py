@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -33,7 +34,9 @@ def violations(sc: Scenario, sink: MemorySink) -> set[Target]:
         prof = {**_defaults(site.kind.value), **sc.site_profile(site.key)}
         data = site_data(sink, sc, site.key)
         for rule in ("disinfection.temperature_low", "disinfection.hold_time_short"):
-            for f in ThermalBatchDetector(rule)(data, sc.end + timedelta(days=1)):
+            # Judge the whole run, settled: every batch's data is in.
+            whole = replace(data, late_since=sc.start)
+            for f in ThermalBatchDetector(rule)(whole, sc.end + timedelta(minutes=10)):
                 if f.state == "firing" and f.device_id:
                     found.add((rule, site.key, f.device_id.split("/")[1]))
         effective: list[float] = []

@@ -132,7 +132,7 @@ async def _fire(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChange
         if finding.episode:
             await repository.record_episode(
                 conn=conn, fingerprint=key, episode=finding.episode, alert_id=alert_id, at=now
-        )
+            )
         await repository.add_history(
             conn=conn,
             alert_id=alert_id,
