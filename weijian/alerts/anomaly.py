@@ -283,7 +283,7 @@ class AnomalyDetector:
             model = self.models.get(device.device_id)
             if model is None or model.kind != device.kind:
                 continue
-            recent = [r for r in device.readings if r.ts <= now]
+            recent = [r for r in device.readings if now - self.lookback <= r.ts <= now]
             if len(recent) < 2:
                 continue
             scored = model.score(readings_frame(recent))

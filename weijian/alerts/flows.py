@@ -96,7 +96,11 @@ async def load_site_data(
         profile = build_profile(
             str(first["site_kind"]),
             first["site_profile"],
-            {str(r["id"]): r["profile"] for r in device_rows if r["profile"]},
+            # A device's registered reporting interval is its offline baseline.
+            {
+                str(r["id"]): {"offline.interval_s": r["interval_s"], **r["profile"]}
+                for r in device_rows
+            },
         )
         late = (since or {}).get(site_id)
         late_since = None if late is None else max(late, now - MAX_LATE)

@@ -221,26 +221,14 @@ async def _clear(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChang
     if streak < needed:
         await repository.update_alert(conn=conn, alert_id=alert_id, values={"clear_streak": streak})
         return None
-    await repository.update_alert(
-        conn=conn,
-        alert_id=alert_id,
-        values={
-            "status": AlertStatus.RESOLVED.value,
-            "resolved_at": now,
-            "resolved_by": SYSTEM,
-            "clear_streak": streak,
-        },
-    )
-    await repository.add_history(
-        conn=conn,
-        alert_id=alert_id,
-        action="resolved",
+    await _move(
+        conn,
+        active,
+        AlertStatus.RESOLVED,
         actor=SYSTEM,
-        from_status=active["status"],
-        to_status=AlertStatus.RESOLVED.value,
-        severity=active["severity"],
-        at=now,
+        now=now,
         note=finding.summary or "condition cleared",
+        values={"resolved_at": now, "resolved_by": SYSTEM, "clear_streak": streak},
     )
     return AlertChange(
         "resolved",
@@ -250,6 +238,33 @@ async def _clear(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChang
         active["site_id"],
         active["device_id"],
         finding.summary,
+    )
+
+
+async def _move(
+    conn: AsyncConn,
+    row: dict[str, Any],
+    to: AlertStatus,
+    *,
+    actor: str,
+    now: datetime,
+    note: str | None,
+    values: dict[str, Any],
+) -> None:
+    """Change an alert's status and append the step to its history."""
+    await repository.update_alert(
+        conn=conn, alert_id=int(row["id"]), values={"status": to.value, **values}
+    )
+    await repository.add_history(
+        conn=conn,
+        alert_id=int(row["id"]),
+        action=to.value,
+        actor=actor,
+        from_status=row["status"],
+        to_status=to.value,
+        severity=row["severity"],
+        at=now,
+        note=note,
     )
 
 
@@ -264,25 +279,14 @@ async def acknowledge(
         raise AlertError(
             f"alert {alert_id} is {row['status']}; only a firing alert can be acknowledged"
         )
-    await repository.update_alert(
-        conn=conn,
-        alert_id=alert_id,
-        values={
-            "status": AlertStatus.ACKNOWLEDGED.value,
-            "acknowledged_at": now,
-            "acknowledged_by": actor,
-        },
-    )
-    await repository.add_history(
-        conn=conn,
-        alert_id=alert_id,
-        action="acknowledged",
+    await _move(
+        conn,
+        row,
+        AlertStatus.ACKNOWLEDGED,
         actor=actor,
-        from_status=row["status"],
-        to_status=AlertStatus.ACKNOWLEDGED.value,
-        severity=row["severity"],
-        at=now,
+        now=now,
         note=note,
+        values={"acknowledged_at": now, "acknowledged_by": actor},
     )
     alert = await repository.get_alert(conn=conn, alert_id=alert_id)
     assert alert is not None
@@ -298,21 +302,14 @@ async def resolve(
         raise AlertError(f"no alert {alert_id}")
     if row["status"] == AlertStatus.RESOLVED.value:
         raise AlertError(f"alert {alert_id} is already resolved")
-    await repository.update_alert(
-        conn=conn,
-        alert_id=alert_id,
-        values={"status": AlertStatus.RESOLVED.value, "resolved_at": now, "resolved_by": actor},
-    )
-    await repository.add_history(
-        conn=conn,
-        alert_id=alert_id,
-        action="resolved",
+    await _move(
+        conn,
+        row,
+        AlertStatus.RESOLVED,
         actor=actor,
-        from_status=row["status"],
-        to_status=AlertStatus.RESOLVED.value,
-        severity=row["severity"],
-        at=now,
+        now=now,
         note=note,
+        values={"resolved_at": now, "resolved_by": actor},
     )
     alert = await repository.get_alert(conn=conn, alert_id=alert_id)
     assert alert is not None

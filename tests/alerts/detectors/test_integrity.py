@@ -31,8 +31,8 @@ def wavy(count: int) -> list[float]:
 
 
 def test_store_temperature_flat_for_90_min_fires_89_does_not() -> None:
-    assert firing(FLAT(env("temp_c", wavy(5) + constant(21.3, 90) + wavy(5)), at(hours=3))) == []
-    (finding,) = firing(FLAT(env("temp_c", wavy(5) + constant(21.3, 91) + wavy(5)), at(hours=3)))
+    assert firing(FLAT(env("temp_c", wavy(5) + constant(21.3, 90) + wavy(5)), at(hours=2))) == []
+    (finding,) = firing(FLAT(env("temp_c", wavy(5) + constant(21.3, 91) + wavy(5)), at(hours=2)))
     assert finding.value == 21.3
     assert finding.limit == 90 * 60
     assert finding.evidence_metric == "temp_c"

@@ -79,11 +79,11 @@ def test_a_batch_older_than_the_lag_does_not_cover() -> None:
 
 
 def test_later_disinfection_ends_the_episode_and_clears() -> None:
-    # Packing from 4:00 uncovered until the batch ending at 4:20 covers later increments.
+    # Packing from 4:00; the batch ending at 4:20 covers increments from 4:15 (clock skew).
     s = site(packing(at(hours=4), 60), cabinet_batch(at(hours=4, minutes=20)))
     findings = RELEASE(s, NOW)
     (fired,) = firing(findings)
-    assert fired.ended_at == at(hours=4, minutes=19)  # the last uncovered increment
+    assert fired.ended_at == at(hours=4, minutes=14)  # the last uncovered increment
     assert state(findings, "meter") == "clear"
 
 
@@ -122,3 +122,16 @@ def test_dish_and_chlorine_stages_count_too() -> None:
         ],
     )
     assert firing(RELEASE(site(packing(at(hours=4)), chlorine), NOW)) == []
+
+
+def test_evidence_stamped_within_the_allowed_clock_skew_after_packing_counts() -> None:
+    # Device clocks may differ by up to 5 min: a batch stamped 4:05 covers packing at 4:00.
+    one = packing(at(hours=4), 2)  # a single increment at 4:01
+    assert firing(RELEASE(site(one, cabinet_batch(at(hours=4, minutes=6))), NOW)) == []
+    assert firing(RELEASE(site(one, cabinet_batch(at(hours=4, minutes=7))), NOW))
+
+
+def test_increments_within_the_skew_of_now_wait_for_their_evidence() -> None:
+    s = site(packing(NOW - timedelta(minutes=4), 4))
+    assert RELEASE(s, NOW) == []
+    assert firing(RELEASE(s, NOW + timedelta(minutes=5)))

@@ -140,9 +140,13 @@ def test_uv_day_is_only_judged_once_it_is_over() -> None:
 
 
 def test_uv_days_are_local_calendar_days() -> None:
-    # On 23:45–00:15 local: 15 minutes on each day, neither day has its 30.
-    s = env("uv_on", [1.0 if 45 <= i < 75 else 0.0 for i in range(120)], local(23, 23))
-    findings = UV(s, local(25, 1))
+    # Two local days of data; the lamp on 23:45–00:15: 15 minutes on each day.
+    first = local(23, 0)
+    lamp = (local(23, 23, 45), local(24, 0, 15))
+    values = [
+        1.0 if lamp[0] <= first + timedelta(minutes=i) < lamp[1] else 0.0 for i in range(2 * 1440)
+    ]
+    findings = UV(env("uv_on", values, first), local(25, 1))
     assert {f.episode: f.value for f in findings} == {"2026-11-23": 15.0, "2026-11-24": 15.0}
 
 
@@ -175,3 +179,8 @@ def test_a_door_open_longer_than_the_lookback_keeps_its_episode_across_runs() ->
         [f.episode for f in first] == [f.episode for f in later] == ["door_open@before:2026-11-24"]
     )
     assert first[0].ended_at is None
+
+
+def test_a_day_the_data_do_not_cover_gets_no_uv_verdict() -> None:
+    afternoon = env("uv_on", constant(0.0, 10 * 60), local(23, 12))  # from noon only
+    assert UV(afternoon, local(24, 6)) == []

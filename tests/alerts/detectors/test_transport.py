@@ -106,7 +106,7 @@ def test_out_of_order_arrival_after_an_outage_is_not_a_gap() -> None:
         msg(s, at(minutes=s), at(minutes=70, seconds=5 + (s * 7) % 50)) for s in range(10, 70)
     ]
     s = env(before + live + list(reversed(backlog)))
-    findings = GAP(s, at(hours=3))
+    findings = GAP(s, at(hours=1, minutes=50))
     assert firing(findings) == []
     assert state(findings) == "clear"
 

@@ -175,3 +175,12 @@ def test_a_bag_id_reused_after_hand_over_starts_a_new_stay() -> None:
     book = ledger(s.devices["d1"].events, at(hours=3))
     assert [(b.in_at, b.out_at) for b in book.bags] == [(at(), at(hours=1)), (at(hours=2), None)]
     assert OVERDUE(s, at(hours=2) + timedelta(hours=36))[0].started_at == at(hours=2)
+
+
+def test_a_bag_weighed_in_without_a_weight_blocks_the_reconciliation() -> None:
+    s = scale(
+        event("d1", at(), "bag_in", bag_id="A", category="infectious"),
+        bag_in("B", at(minutes=1), kg=4.0),
+        bag_out(at(hours=2), ["A", "B"], 9.0),
+    )
+    assert WEIGHT(s, at(hours=3)) == []

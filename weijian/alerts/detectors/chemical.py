@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from weijian.alerts.detectors.common import DeviceDetector, iso, mmss, seconds, series
+from weijian.alerts.detectors.common import DeviceDetector, between, iso, mmss, seconds, series
 from weijian.alerts.models import DeviceData, Finding, Profile, Severity, SiteData
 from weijian.alerts.rules import rule
 from weijian.devices.kinds import DeviceKind
@@ -58,8 +58,7 @@ def immersions(device: DeviceData, now: datetime) -> list[Immersion]:
 
 
 def readings_during(samples: list[Reading], immersion: Immersion, now: datetime) -> list[Reading]:
-    end = immersion.end or now
-    return [r for r in samples if immersion.start <= r.ts <= end]
+    return between(samples, immersion.start, immersion.end or now)
 
 
 class ChlorineLowDetector(DeviceDetector):

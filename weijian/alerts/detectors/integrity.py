@@ -12,6 +12,7 @@ from weijian.alerts.detectors.common import (
     LevelRule,
     Point,
     Spell,
+    between,
     iso,
     level_findings,
     metric_unit,
@@ -75,7 +76,7 @@ class FlatlineDetector(DeviceDetector):
 
     rule = rule("data.flatline")
     device_kinds = frozenset({kind for kind, _ in FLAT_WINDOWS} | CABINETS)
-    lookback = timedelta(hours=6)
+    lookback = timedelta(hours=3)
 
     def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
         min_samples = int(site.profile.number("flatline.min_samples", device.device_id))
@@ -116,7 +117,7 @@ class FlatlineDetector(DeviceDetector):
         temps = series(device, "temp_c")
         findings: list[Finding] = []
         for batch in batches(device):
-            inside = [r for r in temps if batch.start <= r.ts <= batch.end]
+            inside = between(temps, batch.start, batch.end)
             if batch.end > now or len(inside) < min_samples:
                 continue
             run = Spell(tuple(Point(r.ts, r.value, True) for r in inside), batch.end, True)
@@ -221,7 +222,7 @@ class OutOfRangeDetector(DeviceDetector):
 
     rule = rule("data.out_of_range")
     device_kinds = frozenset(DeviceKind)
-    lookback = timedelta(hours=6)
+    lookback = timedelta(hours=2)
 
     def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
         clear_after = seconds(site.profile.number("data.clear_after_s", device.device_id))

@@ -48,9 +48,10 @@ class OfflineDetector(DeviceDetector):
     device_kinds = frozenset(DeviceKind)
     # Only to name the outage a recovery ends; presence itself comes from last_seen.
     lookback = timedelta(hours=2)
+    by_device_time = False  # presence is receive time: a late backlog is presence
 
     def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
-        heard = [t for t in receive_times(device) if t <= now]
+        heard = [t for t in receive_times(device) if now - self.lookback <= t <= now]
         seen = [t for t in (device.last_seen, heard[-1] if heard else None) if t is not None]
         if not seen:
             return []  # never heard from: nothing to measure silence from

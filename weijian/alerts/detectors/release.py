@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from weijian.alerts.detectors import chemical, dish, thermal
-from weijian.alerts.detectors.common import floor_to, iso, local_time, series, settle
+from weijian.alerts.detectors.common import (
+    floor_to,
+    iso,
+    local_time,
+    seconds,
+    series,
+    settle,
+    site_within,
+)
 from weijian.alerts.models import DeviceData, Finding, SiteData
 from weijian.alerts.models import Severity as Sev
 from weijian.alerts.rules import rule
@@ -64,10 +72,11 @@ class ReleaseDetector:
     """`disinfection.released_undisinfected` (critical).
 
     An increment of the counter at time t is covered when some stage met its limit in
-    [t − lag, t]. Uncovered pieces are summed per fixed period (episode = period start, stable
-    across runs). Only increments at least `lag` after the start of the lookback window are
-    judged, so each has its full evidence window. The rule clears once the latest increment
-    is covered.
+    [t − lag, t + skew]: the devices' clocks may differ by up to the allowed clock skew, so
+    evidence stamped a little after the packing still counts. Uncovered pieces are summed per
+    fixed period (episode = period start, stable across runs). Only increments with their whole
+    evidence window inside the lookback (t ≥ window start + lag, t ≤ now − skew) are judged.
+    The rule clears once the latest judged increment is covered.
     """
 
     rule = rule("disinfection.released_undisinfected")
@@ -75,12 +84,13 @@ class ReleaseDetector:
         {DeviceKind.LINE_METER, DeviceKind.DISH_MACHINE, DeviceKind.CHLORINE_TANK}
         | thermal.CABINETS
     )
-    lookback = timedelta(hours=6)
+    lookback = timedelta(hours=4)
 
     def __call__(self, site: SiteData, now: datetime) -> list[Finding]:
-        meters = site.of_kind(DeviceKind.LINE_METER)
-        if not meters:
+        if not site.of_kind(DeviceKind.LINE_METER):
             return []
+        site = site_within(site, self.device_kinds, now - self.lookback, now)
+        meters = site.of_kind(DeviceKind.LINE_METER)
         evidence = effective_times(site, now)
         findings: list[Finding] = []
         for meter in meters:
@@ -92,12 +102,12 @@ class ReleaseDetector:
     ) -> list[Finding]:
         lag = timedelta(minutes=site.profile.number("release.max_lag_min", meter.device_id))
         period = timedelta(minutes=site.profile.number("release.period_min", meter.device_id))
-        judged_from = now - self.lookback + lag
+        skew = seconds(site.profile.number("clock_skew.max_s", meter.device_id))
         samples = [r for r in series(meter, "packed_total") if r.ts <= now]
         judged = [
-            Increment(inc.ts, inc.pieces, _covered(evidence, inc.ts, lag))
+            Increment(inc.ts, inc.pieces, _covered(evidence, inc.ts - lag, inc.ts + skew))
             for inc in increments(samples)
-            if inc.ts >= judged_from
+            if now - self.lookback + lag <= inc.ts <= now - skew
         ]
         findings: list[Finding] = []
         buckets: dict[datetime, list[Increment]] = {}
@@ -179,6 +189,6 @@ class ReleaseDetector:
         )
 
 
-def _covered(evidence: list[datetime], ts: datetime, lag: timedelta) -> bool:
-    i = bisect.bisect_left(evidence, ts - lag)
-    return i < len(evidence) and evidence[i] <= ts
+def _covered(evidence: list[datetime], start: datetime, end: datetime) -> bool:
+    i = bisect.bisect_left(evidence, start)
+    return i < len(evidence) and evidence[i] <= end

@@ -18,6 +18,7 @@ from weijian.alerts.detectors.common import (
     seconds,
     series,
     settle,
+    site_within,
 )
 from weijian.alerts.detectors.waste import Handover, ledger
 from weijian.alerts.models import DeviceData, Finding, SiteData
@@ -139,8 +140,9 @@ class UvDetector:
       below `waste.min_uv_min_after_handover`; judged once that window is over; episode =
       "handover:<manifest>".
 
-    A period with no `uv_on` data gets no verdict (device.offline speaks to that). Each
-    compliant period is a clear for its own episode.
+    A period the `uv_on` data do not cover from start to end (within `waste.max_sample_gap_s`)
+    gets no verdict (device.offline speaks to that). Each compliant period is a clear for its
+    own episode.
     """
 
     rule = rule("waste.uv_not_done")
@@ -149,6 +151,7 @@ class UvDetector:
     lookback = timedelta(hours=49)
 
     def __call__(self, site: SiteData, now: datetime) -> list[Finding]:
+        site = site_within(site, self.device_kinds, now - self.lookback, now)
         handovers = [
             h
             for scale in site.of_kind(DeviceKind.WASTE_SCALE)
@@ -191,7 +194,7 @@ class UvDetector:
         need = timedelta(minutes=profile.number("waste.min_uv_min_after_handover", dev))
         findings: list[Finding] = []
         for handover in handovers:
-            if handover.ts + window <= now and handover.ts >= now - self.lookback:
+            if handover.ts + window <= now:
                 period = (handover.ts, handover.ts + window)
                 label = f"handover:{handover.episode}"
                 findings += self._period(
@@ -210,9 +213,11 @@ class UvDetector:
         episode: str,
     ) -> list[Finding]:
         start, end = period
-        if not any(start <= r.ts < end for r in samples):
-            return []
-        lit = on_time(samples, start, end, _max_gap(site, device))
+        max_gap = _max_gap(site, device)
+        inside = [r.ts for r in samples if start <= r.ts < end]
+        if not inside or inside[0] - start > max_gap or end - inside[-1] > max_gap:
+            return []  # the data do not cover the period: no verdict either way
+        lit = on_time(samples, start, end, max_gap)
         short = lit < need
         if episode.startswith("handover:"):
             hours = (end - start).total_seconds() / 3600

@@ -38,8 +38,6 @@ class Message:
     seq: int
     ts: datetime
     received_at: datetime | None
-    # Sorted (name, value) pairs: the metrics of a reading message, or the type and data.
-    payload: tuple[tuple[str, str], ...]
     # The same (seq, ts) came with different values (a replay that kept the time).
     conflict: bool = False
 
@@ -50,10 +48,11 @@ class Message:
 
 def messages(device: DeviceData, now: datetime) -> list[Message]:
     """The device's messages with a seq, in device-time order (then seq)."""
-    parts: dict[tuple[int, datetime], dict[str, str]] = defaultdict(dict)
+    parts: dict[tuple[int, datetime], dict[str, object]] = defaultdict(dict)
     received: dict[tuple[int, datetime], datetime | None] = {}
     conflicts: set[tuple[int, datetime]] = set()
-    items = [(r.seq, r.ts, r.metric, repr(r.value), r.received_at) for r in device.readings]
+    items: list[tuple[int | None, datetime, str, object, datetime | None]]
+    items = [(r.seq, r.ts, r.metric, r.value, r.received_at) for r in device.readings]
     items += [
         (e.seq, e.ts, "@" + e.type, json.dumps(e.data, sort_keys=True, default=str), e.received_at)
         for e in device.events
@@ -64,16 +63,11 @@ def messages(device: DeviceData, now: datetime) -> list[Message]:
         key = (seq, ts)
         if parts[key].setdefault(name, value) != value:
             conflicts.add(key)
-        received[key] = _earliest(received.get(key), received_at)
-    found = [
-        Message(seq, ts, received[seq, ts], tuple(sorted(p.items())), (seq, ts) in conflicts)
-        for (seq, ts), p in parts.items()
-    ]
+        held = received.get(key)
+        if held is None or (received_at is not None and received_at < held):
+            received[key] = received_at
+    found = [Message(seq, ts, received[seq, ts], (seq, ts) in conflicts) for seq, ts in parts]
     return sorted(found, key=lambda m: (m.ts, m.seq))
-
-
-def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
-    return b if a is None else a if b is None else min(a, b)
 
 
 def boot_segments(found: list[Message], restart_max: int) -> list[list[Message]]:
@@ -113,7 +107,8 @@ class ClockSkewDetector(DeviceDetector):
 
     rule = rule("data.clock_skew")
     device_kinds = _ALL
-    lookback = timedelta(hours=6)
+    lookback = timedelta(hours=2)
+    by_device_time = False  # a skewed clock may stamp its data outside the window
 
     def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
         profile, dev = site.profile, device.device_id
@@ -121,10 +116,11 @@ class ClockSkewDetector(DeviceDetector):
         bucket = seconds(profile.number("clock_skew.bucket_s", dev))
         needed = int(profile.number("clock_skew.min_buckets", dev))
         offsets: dict[datetime, float] = {}
-        stamps = [(r.ts, r.received_at) for r in device.readings]
-        stamps += [(e.ts, e.received_at) for e in device.events]
+        # The readings of one message share both times: judge each message once.
+        stamps = {(r.ts, r.received_at) for r in device.readings}
+        stamps |= {(e.ts, e.received_at) for e in device.events}
         for ts, received_at in stamps:
-            if received_at is None or received_at > now:
+            if received_at is None or not now - self.lookback <= received_at <= now:
                 continue
             key = floor_to(received_at, bucket)
             skew = (ts - received_at).total_seconds()
@@ -263,7 +259,7 @@ class _SeqDetector(DeviceDetector):
     """Shared shape of the seq rules: closed episodes per hour, cleared by clean data."""
 
     device_kinds = _ALL
-    lookback = timedelta(hours=6)
+    lookback = timedelta(hours=2)
 
     def clear(
         self,

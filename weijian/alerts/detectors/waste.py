@@ -37,7 +37,8 @@ class Handover:
     episode: str
     bag_ids: tuple[str, ...]
     weight_kg: float | None
-    # Sum of the bag_in weights of the listed bags that were in store, and the ones that were not.
+    # Sum of the bag_in weights of the listed bags that were in store, and the listed bags
+    # whose weight is not known (not in store, or weighed in without a weight).
     expected_kg: float
     unknown: tuple[str, ...]
     categories: frozenset[str]
@@ -121,13 +122,14 @@ def _bag_out(event: Event, stored: dict[str, Bag]) -> Handover:
     for bag in taken:
         bag.out_at = event.ts
     manifest = _text(event.data.get("manifest_no"))
+    weighed = {b.bag_id for b in taken if b.weight_kg is not None}
     handover = Handover(
         ts=event.ts,
         episode=manifest or f"out@{iso(event.ts)}",
         bag_ids=ids,
         weight_kg=_number(event.data.get("weight_kg")),
         expected_kg=sum(b.weight_kg or 0.0 for b in taken),
-        unknown=tuple(b for b in ids if b not in {t.bag_id for t in taken}),
+        unknown=tuple(b for b in ids if b not in weighed),
         categories=frozenset(b.category for b in taken if b.category),
     )
     for bag in stored.values():
