@@ -403,11 +403,10 @@ postgres_up() {
 # Mosquitto (our own instance)
 # ----------------------------------------------------------------------------------------
 mq_user() {
-    if [ "$(id -u)" -eq 0 ]; then
-        if id mosquitto >/dev/null 2>&1; then echo mosquitto; else echo nobody; fi
-    else
-        id -un
-    fi
+    # As root, the broker keeps running as root: the checkout (and so .run/) may sit below a
+    # directory only root can enter (a CI clone under a 0700 mktemp dir), where an unprivileged
+    # broker could not open its persistence and log files. It listens on loopback only.
+    id -un
 }
 
 mq_plugin() {
