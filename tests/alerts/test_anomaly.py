@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import math
 import random
-import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -103,13 +102,12 @@ def test_a_flat_window_flags_any_change() -> None:
     assert scorer.score(5.1) == 1.0
 
 
-def test_score_csv_handles_thousands_of_rows_per_second() -> None:
+def test_score_csv_scores_a_long_series_row_for_row() -> None:
+    # Speed is measured outside the tests (docs/performance.md); here: nothing is lost.
     text = csv_text(noisy(20000))
-    started = time.perf_counter()
     out = io.StringIO()
     assert score_csv(io.StringIO(text), out) == 20000
-    rate = 20000 / (time.perf_counter() - started)
-    assert rate > 2000, f"{rate:.0f} rows/s"  # about 14 000 on a 2-core machine
+    assert len(out.getvalue().splitlines()) == 20001
 
 
 def test_threshold_must_be_a_probability() -> None:

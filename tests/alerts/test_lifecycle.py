@@ -244,3 +244,35 @@ async def test_profile_overrides_are_typed_checked_and_recorded(settings: Settin
             assignments=["steam.min_hold_s=default"],
         )
         assert reset["site_overrides"] == {}
+
+
+def test_a_silent_site_raises_one_site_alert_instead_of_one_per_device() -> None:
+    def offline(device: str, state: str) -> Finding:
+        return Finding(
+            rule="device.offline",
+            site_id="s1",
+            device_id=device,
+            state=state,  # type: ignore[arg-type]
+            severity=Severity.WARNING,
+            started_at=NOW,
+            evidence_to=NOW,
+            summary="离线",
+            episode=f"{device}@x",
+        )
+
+    folded = service.fold_silent_sites(
+        [
+            offline("a", "firing"),
+            offline("b", "firing"),
+            finding("s1", "waste.bag_missing", episode="b1"),
+        ]
+    )
+    assert [(f.rule, f.device_id, f.state) for f in folded] == [
+        ("waste.bag_missing", "dev-1", "firing"),
+        ("device.offline", None, "firing"),
+    ]
+    back = service.fold_silent_sites([offline("a", "clear"), offline("b", "firing")])
+    assert ("device.offline", None, "clear") in [(f.rule, f.device_id, f.state) for f in back]
+    assert ("device.offline", "b", "firing") in [(f.rule, f.device_id, f.state) for f in back]
+    single = service.fold_silent_sites([offline("a", "firing")])
+    assert [(f.device_id, f.state) for f in single] == [("a", "firing")]

@@ -9,9 +9,10 @@ Silences drop findings in their scope; an offline device's data rules are inhibi
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from weijian.alerts import repository
@@ -68,10 +69,60 @@ def _inhibited(finding: Finding, offline: set[str]) -> bool:
     return finding.device_id in offline and finding.rule.startswith("data.")
 
 
+OFFLINE = "device.offline"
+
+
+def fold_silent_sites(findings: Sequence[Finding]) -> list[Finding]:
+    """Inhibition: when every device of a site is offline, raise one site-level alert instead
+    of one per device (a silent site — power cut, network down — is one event); once any of
+    its devices is heard again, the site-level alert gets clear evidence."""
+    by_site: dict[str, list[Finding]] = defaultdict(list)
+    for f in findings:
+        if f.rule == OFFLINE and f.device_id is not None:
+            by_site[f.site_id].append(f)
+    folded = [f for f in findings if not (f.rule == OFFLINE and f.site_id in by_site)]
+    for site_id, group in by_site.items():
+        firing = [f for f in group if f.state == "firing"]
+        if len(group) >= 2 and len(firing) == len(group):
+            first = min(
+                firing,
+                key=lambda f: f.started_at or f.evidence_to or datetime.max.replace(tzinfo=UTC),
+            )
+            folded.append(
+                replace(
+                    first,
+                    device_id=None,
+                    severity=max((f.severity for f in firing), key=lambda v: v.rank),
+                    summary=f"站点全部 {len(group)} 台设备离线（{first.summary}）",
+                    details={"devices": sorted(str(f.device_id) for f in group)},
+                )
+            )
+            continue
+        folded.extend(group)
+        if firing != group:
+            times = [t for f in group if f.state == "clear" and (t := f.evidence_to or f.ended_at)]
+            heard = max(times, default=None)
+            folded.append(
+                Finding(
+                    rule=OFFLINE,
+                    site_id=site_id,
+                    device_id=None,
+                    state="clear",
+                    severity=Severity.WARNING,
+                    evidence_to=heard,
+                    ended_at=heard,
+                    summary="站点设备已恢复上报",
+                    episode=f"site-back@{heard}",
+                )
+            )
+    return folded
+
+
 async def apply_findings(
     *, conn: AsyncConn, findings: Sequence[Finding], now: datetime
 ) -> list[AlertChange]:
     """Reconcile findings with stored alerts, in the caller's transaction."""
+    findings = fold_silent_sites(findings)
     silences = await repository.active_silences(conn=conn, at=now)
     offline = await repository.offline_devices(conn=conn)
     changes: list[AlertChange] = []
