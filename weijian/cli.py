@@ -529,9 +529,10 @@ def demo(
 @app.command("eval")
 def eval_(
     paths: Annotated[list[str], typer.Argument(help="Scenario files or folders of *.yaml.")],
-    step: Annotated[
-        float, typer.Option(min=1, help="Simulated seconds per step (and per scan).")
-    ] = 60,
+    step: Annotated[float, typer.Option(min=1, help="Simulated seconds per publishing step.")] = 30,
+    scan: Annotated[
+        float, typer.Option(min=1, help="Simulated seconds between detector scans.")
+    ] = 300,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     keep: Annotated[bool, typer.Option(help="Keep each scenario's database.")] = False,
 ) -> None:
@@ -548,7 +549,9 @@ def eval_(
     scenarios = [item for path in paths for item in load_scenarios(path)]
     if not scenarios:
         raise CliError(f"no scenarios in {' '.join(paths)}")
-    results = evaluate_paths(settings, scenarios, step=timedelta(seconds=step), keep=keep)
+    results = evaluate_paths(
+        settings, scenarios, step=timedelta(seconds=step), keep=keep, scan=timedelta(seconds=scan)
+    )
     labels = [label for r in results for label in r.labels]
     alerts = [alert for r in results for alert in r.alerts]
     clean_days = sum(r.device_days for r in results if r.clean)
@@ -566,7 +569,7 @@ def eval_(
         for r in results
     ]
     if as_json:
-        _print_json({"step_s": step, "scenarios": runs, **to_dict(evaluation)})
+        _print_json({"step_s": step, "scan_s": scan, "scenarios": runs, **to_dict(evaluation)})
         return
     console = Console()
     for run in runs:
