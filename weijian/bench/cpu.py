@@ -17,7 +17,8 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 @dataclass(frozen=True)
 class CpuSnapshot:
-    parties: dict[str, float]
+    # party → pid → CPU seconds so far
+    parties: dict[str, dict[int, float]]
     machine_busy: float
     machine_total: float
 
@@ -54,7 +55,7 @@ def _machine() -> tuple[float, float]:
 
 def snapshot(parties: Mapping[str, Callable[[], list[int]]]) -> CpuSnapshot:
     """CPU seconds so far of every party (each a function listing its current processes)."""
-    used = {name: sum(process_cpu_s(pid) for pid in pids()) for name, pids in parties.items()}
+    used = {name: {pid: process_cpu_s(pid) for pid in pids()} for name, pids in parties.items()}
     busy, total = _machine()
     return CpuSnapshot(used, busy, total)
 
@@ -63,8 +64,14 @@ def breakdown(
     before: CpuSnapshot, after: CpuSnapshot, per: Mapping[str, float]
 ) -> dict[str, object]:
     """CPU seconds of each party between two snapshots, the rest of the machine as `other`,
-    and microseconds per unit of work (`per`: party → messages it handled)."""
-    seconds = {name: after.parties[name] - before.parties.get(name, 0.0) for name in after.parties}
+    and microseconds per unit of work (`per`: party → messages it handled).
+
+    Counted per process: one that appeared in between counts whole (it is new), one that
+    exited in between is missing its last stretch."""
+    seconds = {
+        name: sum(used - before.parties.get(name, {}).get(pid, 0.0) for pid, used in pids.items())
+        for name, pids in after.parties.items()
+    }
     busy = after.machine_busy - before.machine_busy
     total = after.machine_total - before.machine_total
     seconds["other"] = max(0.0, busy - sum(seconds.values()))

@@ -32,6 +32,8 @@ from weijian.config import Settings
 from weijian.simulator.load import LoadResult
 
 _FAR = datetime(9999, 1, 1, tzinfo=UTC)
+# Bucket of the committed-readings timeline in the report.
+_STEP_S = 5.0
 # Parts up to this many readings are counted exactly without waiting for the estimate.
 _COUNT_AT_ONCE = 100_000
 # An idle backend reports its last counts to the statistics only after 10 s (PostgreSQL 15).
@@ -100,75 +102,63 @@ def sustained(ctx: BenchContext, ingest: IngestProcess) -> dict[str, Any]:
     cfg = ctx.config
     ctx.progress(f"sustained: publishing at full speed for {cfg.duration_s:g} s")
     with ctx.connect() as conn, ctx.connect() as sampler_conn:
+        parties = _parties(sampler_conn, ingest)
+        # CPU snapshots every second once publishing has stopped, to find the drain's end in.
+        snaps: list[tuple[float, cpu.CpuSnapshot]] = []
+        draining = threading.Event()
+
+        def each() -> None:
+            if draining.is_set():
+                snaps.append((time.monotonic(), cpu.snapshot(parties)))
+
         sampler = Sampler(
             lambda: repo.readings_inserted(conn=sampler_conn),
             1.0,
-            _reporter(ctx, "sustained", lambda: None),
+            _reporter(ctx, "sustained", each),
         )
         sampler.start()
-        parties = _parties(conn, ingest)
         cpu_before = cpu.snapshot(parties)
         wall0, t0 = datetime.now(UTC), time.monotonic()
         result = ctx.load(ctx.ids[SUSTAINED], rate=cfg.load_rate).run(
             duration_s=cfg.duration_s, timeout_s=600
         )
         cpu_after = cpu.snapshot(parties)
+        draining.set()
         end = t0 + min(cfg.duration_s, result.elapsed_s)
         warm = t0 + min(cfg.warmup_s, cfg.duration_s / 4)
         ctx.progress(
             f"sustained: published {result.sent:,} messages ({result.rate:,.0f}/s); draining"
         )
-        drained: list[cpu.CpuSnapshot] = []
-        _wait_drained(
-            ctx,
-            sampler,
-            len(METRICS) * result.sent,
-            _counter(conn, SUSTAINED),
-            ingest,
-            before_count=lambda: drained.append(cpu.snapshot(parties)),
-        )
+        expected = len(METRICS) * result.sent
+        _wait_drained(ctx, sampler, expected, _counter(conn, SUSTAINED), ingest)
         sampler.stop()
 
         def wall(t: float) -> datetime:
             return wall0 + timedelta(seconds=t - t0)
 
-        polled = sampler.rate(warm, end)
-        by_received = repo.received_between(
-            conn=conn, device_prefix=SUSTAINED, start=wall(warm), end=wall(end)
-        ) / (end - warm)
+        def received(start: float, until: float | None = None) -> int:
+            stop = _FAR if until is None else wall(until)
+            return repo.received_between(
+                conn=conn, device_prefix=SUSTAINED, start=wall(start), end=stop
+            )
+
         _first, last = repo.received_span(conn=conn, device_prefix=SUSTAINED)
-        in_load = repo.received_between(
-            conn=conn, device_prefix=SUSTAINED, start=wall(t0), end=wall(end)
-        )
-        after_load = repo.received_between(
-            conn=conn, device_prefix=SUSTAINED, start=wall(end), end=_FAR
-        )
-        step = 5.0
+        last_t = t0 + (last - wall0).total_seconds() if last else end
+        in_window, in_load, after_load = received(warm, end), received(t0, end), received(end)
         timeline = repo.received_timeline(
             conn=conn,
             device_prefix=SUSTAINED,
             start=wall(t0),
-            end=(last or wall(end)) + timedelta(seconds=step),
-            step_s=step,
+            end=wall(last_t + _STEP_S),
+            step_s=_STEP_S,
         )
         check = _verify(ctx, conn, SUSTAINED, result)
         dead = repo.dead_letter_count(conn=conn)
-    drain_s = max(0.0, (last - wall(end)).total_seconds()) if last else 0.0
-    handled = in_load / len(METRICS)
-    cpu_use = cpu.breakdown(
-        cpu_before,
-        cpu_after,
-        {"ingest": handled, "postgres": handled, "mosquitto": result.sent, "load": result.sent},
-    )
-    drain_cpu = (
-        cpu.breakdown(
-            cpu_after,
-            drained[0],
-            {"ingest": after_load / len(METRICS), "postgres": after_load / len(METRICS)},
-        )
-        if drained and after_load
-        else None
-    )
+    by_received = in_window / (end - warm)
+    drain_s = max(0.0, last_t - end)
+    # The first snapshot a second after the last batch began: its commit is in.
+    done = next((snap for t, snap in snaps if t >= last_t + 1.0), snaps[-1][1] if snaps else None)
+    load_msgs, drain_msgs = in_load / len(METRICS), after_load / len(METRICS)
     report = {
         "readings_per_s": round(by_received),
         "messages_per_s": round(by_received / len(METRICS)),
@@ -182,11 +172,24 @@ def sustained(ctx: BenchContext, ingest: IngestProcess) -> dict[str, Any]:
         "duplicates": check.duplicates,
         "unexpected": check.unexpected,
         "dead_letters": dead,
-        "readings_per_s_polled": round(polled),
+        "readings_per_s_polled": round(sampler.rate(warm, end)),
         "drain_readings_per_s": round(after_load / drain_s) if drain_s > 1 else None,
-        "cpu_during_load": cpu_use,
-        "cpu_during_drain": drain_cpu,
-        "timeline_5s_readings_per_s": [round(n / step) for n in timeline],
+        "cpu_during_load": cpu.breakdown(
+            cpu_before,
+            cpu_after,
+            {
+                "ingest": load_msgs,
+                "postgres": load_msgs,
+                "mosquitto": result.sent,
+                "load": result.sent,
+            },
+        ),
+        "cpu_during_drain": cpu.breakdown(
+            cpu_after, done, {"ingest": drain_msgs, "postgres": drain_msgs}
+        )
+        if done is not None and drain_s > 1
+        else None,
+        "timeline_5s_readings_per_s": [round(n / _STEP_S) for n in timeline],
     }
     ctx.progress(
         f"sustained: {report['readings_per_s']:,} readings/s committed "
@@ -335,8 +338,6 @@ def _wait_drained(
     expected: int,
     stored: Callable[[], int],
     ingest: IngestProcess,
-    *,
-    before_count: Callable[[], None] | None = None,
 ) -> None:
     """Wait until `stored()` (an exact count, a scan) reaches `expected`. The sampled estimate
     says when to count: once it has grown by `expected`, or has not moved for longer than an
@@ -353,9 +354,6 @@ def _wait_drained(
             moved_at, last = now, sampler.values[-1]
         due = small or last - base >= expected or now - moved_at > _IDLE_FLUSH_S
         if due and now - counted_at > (0.2 if small else 5.0):
-            if before_count is not None:
-                before_count()
-                before_count = None
             counted_at, previous, count = now, count, stored()
             if count >= expected:
                 return
