@@ -24,6 +24,7 @@ from weijian.devices import service as devices
 from weijian.devices.kinds import DeviceKind, SiteKind
 from weijian.inspections import service as inspections
 from weijian.notify import service as notify
+from weijian.telemetry import Event, Reading
 from weijian.users import service as users
 
 log = logging.getLogger(__name__)
@@ -66,28 +67,25 @@ async def load_site_data(
             lookback[kind] = max(lookback.get(kind, timedelta(0)), detector.lookback)
     sites: list[SiteData] = []
     for site_id, device_rows in by_site.items():
-        device_data: dict[str, DeviceData] = {}
+        late = (since or {}).get(site_id)
+        late_since = None if late is None else max(late, now - MAX_LATE)
+        starts: dict[str, datetime] = {}
         for row in device_rows:
-            kind = DeviceKind(str(row["kind"]))
-            span = lookback.get(kind)
-            device_id = str(row["id"])
-            readings = events = []
+            span = lookback.get(DeviceKind(str(row["kind"])))
             if span is not None:
                 start = now - span
-                late = (since or {}).get(site_id)
-                if late is not None:
-                    start = min(start, max(late, now - MAX_LATE) - span)
-                readings = await repository.readings_between(
-                    conn=conn, device_ids=[device_id], start=start, end=now
+                starts[str(row["id"])] = (
+                    start if late_since is None else min(start, late_since - span)
                 )
-                events = await repository.events_between(
-                    conn=conn, device_ids=[device_id], start=start, end=now
-                )
+        readings, events = await _site_window(conn, starts, now)
+        device_data: dict[str, DeviceData] = {}
+        for row in device_rows:
+            device_id = str(row["id"])
             device_data[device_id] = DeviceData(
                 device_id=device_id,
-                kind=kind,
-                readings=readings,
-                events=events,
+                kind=DeviceKind(str(row["kind"])),
+                readings=readings.get(device_id, []),
+                events=events.get(device_id, []),
                 last_seen=row["last_seen_at"],
                 online=row["online"],
                 ordered=True,
@@ -102,12 +100,29 @@ async def load_site_data(
                 for r in device_rows
             },
         )
-        late = (since or {}).get(site_id)
-        late_since = None if late is None else max(late, now - MAX_LATE)
         sites.append(
             SiteData(site_id, SiteKind(str(first["site_kind"])), device_data, profile, late_since)
         )
     return sites
+
+
+async def _site_window(
+    conn: AsyncConn, starts: Mapping[str, datetime], now: datetime
+) -> tuple[dict[str, list[Reading]], dict[str, list[Event]]]:
+    """Each device's readings and events from its own start to `now`: one query per table for
+    the whole site (not two per device), split by device in time order."""
+    readings: dict[str, list[Reading]] = defaultdict(list)
+    events: dict[str, list[Event]] = defaultdict(list)
+    if not starts:
+        return readings, events
+    ids, earliest = list(starts), min(starts.values())
+    for r in await repository.readings_between(conn=conn, device_ids=ids, start=earliest, end=now):
+        if r.ts >= starts[r.device_id]:
+            readings[r.device_id].append(r)
+    for e in await repository.events_between(conn=conn, device_ids=ids, start=earliest, end=now):
+        if e.ts >= starts[e.device_id]:
+            events[e.device_id].append(e)
+    return readings, events
 
 
 def run_detectors(site: SiteData, detectors: Sequence[Detector], now: datetime) -> list[Finding]:
