@@ -193,3 +193,31 @@ def test_events_backlog_and_presence(
     publisher.publish("status", {"online": False})
     wait_for(lambda: ingestor.stats.messages >= 3)
     assert scalar(settings, "SELECT online FROM devices WHERE id = %s", device.device_id) is False
+
+
+def test_a_resend_with_another_value_is_kept_out_and_dead_lettered_as_a_conflict(
+    settings: Settings, ingestor: TelemetryIngestor, publisher: DevicePublisher
+) -> None:
+    ts = now_ms()
+    publisher.publish("telemetry", {"seq": 7, "ts": ts, "metrics": {"temp_c": 101.4}})
+    wait_for(lambda: ingestor.stats.messages >= 1)
+    # The same time again: once as a plain resend, once replayed with an altered value.
+    publisher.publish("telemetry", {"seq": 7, "ts": ts, "metrics": {"temp_c": 101.4}})
+    publisher.publish(
+        "telemetry", {"seq": 7, "ts": ts, "metrics": {"temp_c": 85.0, "door_open": 1}}
+    )
+    wait_for(lambda: ingestor.stats.messages >= 3)
+    with psycopg.connect(settings.database_url) as conn:
+        stored = conn.execute("SELECT metric, value FROM readings ORDER BY metric").fetchall()
+        letters = conn.execute(
+            "SELECT topic, device_id, reason, payload FROM dead_letters"
+        ).fetchall()
+    # door_open was new at that time; temp_c keeps its first value.
+    assert stored == [("door_open", 1.0), ("temp_c", 101.4)]
+    assert len(letters) == 1
+    topic, device_id, reason, payload = letters[0]
+    assert reason == "conflicting_duplicate"
+    assert topic == publisher.credentials.topics["telemetry"]
+    assert device_id == publisher.credentials.device_id
+    assert orjson.loads(payload) == {"seq": 7, "ts": ts, "metrics": {"temp_c": 85.0}}
+    assert ingestor.stats.dead_letters == 1

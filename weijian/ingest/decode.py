@@ -15,6 +15,10 @@ from weijian.telemetry import Event, Reading
 
 CHANNELS = ("telemetry", "events", "status")
 _CATEGORIES = {c.value for c in WasteCategory}
+# Metric names of each kind, built once (`KindSpec.metric_names` builds a new set per call).
+METRIC_NAMES: dict[DeviceKind, frozenset[str]] = {k: spec.metric_names for k, spec in KINDS.items()}
+# A reading as the ingest COPYs it: (ts, device_id, metric, value, seq, received_at).
+ReadingRow = tuple[datetime, str, str, float, int | None, datetime | None]
 
 
 class Rejected(ValueError):
@@ -117,7 +121,7 @@ def _reading_item(
     metrics = item.get("metrics")
     if not isinstance(metrics, dict) or not metrics:
         raise Rejected("metrics is missing or not a non-empty object")
-    allowed = KINDS[kind].metric_names
+    allowed = METRIC_NAMES[kind]
     rows = []
     for name, raw in metrics.items():
         if name not in allowed:
@@ -213,3 +217,66 @@ def decode(
         if seq is not None and (out.max_seq is None or seq > out.max_seq):
             out.max_seq = seq
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class TimeWindow:
+    """Epoch milliseconds a fast-path reading's ts must lie strictly inside: the accepted clock
+    offset narrowed by a second, so that rounding never decides; the full decoder judges
+    anything near the edges."""
+
+    low_ms: int
+    high_ms: int
+
+    @classmethod
+    def around(cls, received_at: datetime, max_offset: timedelta) -> TimeWindow:
+        at_ms = int(received_at.timestamp() * 1000)
+        span_ms = int(max_offset.total_seconds() * 1000) - 1000
+        return cls(at_ms - span_ms, at_ms + span_ms)
+
+
+def reading_rows(
+    payload: bytes,
+    device_id: str,
+    *,
+    allowed: frozenset[str],
+    received_at: datetime,
+    window: TimeWindow,
+    out: list[ReadingRow],
+) -> tuple[int, datetime] | None:
+    """The fast path for the common telemetry message: one reading object with an integer
+    `seq`, epoch-millisecond `ts` and numeric metrics of the kind, no `device_id`.
+
+    Appends its rows to `out` and returns (seq, ts); returns None, appending nothing, for
+    anything else — `decode` then judges the message with the full rules and reasons. Whatever
+    this accepts, `decode` accepts with the same rows.
+    """
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    if type(body) is not dict or "device_id" in body:
+        return None
+    seq = body.get("seq")
+    ts_ms = body.get("ts")
+    metrics = body.get("metrics")
+    if (
+        type(seq) is not int
+        or seq < 0
+        or type(ts_ms) is not int
+        or not window.low_ms < ts_ms < window.high_ms
+        or type(metrics) is not dict
+        or not metrics
+    ):
+        return None
+    ts = datetime.fromtimestamp(ts_ms / 1000.0, tz=UTC)
+    rows: list[ReadingRow] = []
+    for name, value in metrics.items():
+        number = type(value)
+        if name not in allowed or (number is not float and number is not int):
+            return None
+        if number is float and not math.isfinite(value):
+            return None
+        rows.append((ts, device_id, name, float(value), seq, received_at))
+    out += rows
+    return seq, ts

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
+from weijian.ingest.decode import ReadingRow
 from weijian.telemetry import Event, Reading
 
 # Listeners (the detector runner) learn which devices got new data, once per committed batch.
@@ -49,6 +51,18 @@ class Presence:
 class BatchCounts:
     readings_new: int
     events_new: int
+    # Resends that carried another value than the stored reading (dead-lettered).
+    conflicts: int = 0
+    # The batch's readings held a stored (device, metric, ts): written the idempotent way.
+    fell_back: bool = False
+
+
+# Dead-letter reason of a reading that came again with another value: a device replaying old
+# times with altered data. The payload is the copy as a protocol reading object.
+CONFLICTING_DUPLICATE = "conflicting_duplicate"
+
+_READING_COLUMNS = "(ts, device_id, metric, value, seq, received_at)"
+_READING_TYPES = ["timestamptz", "text", "text", "float8", "int8", "timestamptz"]
 
 
 def prepare(conn: psycopg.Connection[tuple[object, ...]]) -> None:
@@ -60,27 +74,53 @@ def prepare(conn: psycopg.Connection[tuple[object, ...]]) -> None:
 def write_batch(
     conn: psycopg.Connection[tuple[object, ...]],
     *,
-    readings: Sequence[Reading],
+    readings: Sequence[Reading] = (),
+    rows: Sequence[ReadingRow] = (),
     events: Sequence[Event],
     dead: Sequence[DeadLetter],
     presence: Sequence[Presence],
+    topic_root: str | None = None,
 ) -> BatchCounts:
-    """Write one batch in one transaction; every resend is absorbed by the unique keys."""
+    """Write one batch in one transaction; every resend is absorbed by the unique keys.
+
+    Readings (`rows`, and `readings` as objects) are COPYed straight into `readings` first, as
+    the transaction's first statement. A resend makes that COPY fail on the unique key; the
+    transaction is then rolled back and written again through a staging table with
+    `INSERT … ON CONFLICT DO NOTHING`, which also dead-letters resends with another value
+    (`CONFLICTING_DUPLICATE`, under `topic_root`'s telemetry topic of the device).
+    """
+    all_rows = list(rows) + [
+        (r.ts, r.device_id, r.metric, r.value, r.seq, r.received_at) for r in readings
+    ]
+    if all_rows:
+        try:
+            return _write(conn, all_rows, events, dead, presence, direct=True)
+        except psycopg.errors.UniqueViolation:
+            pass  # rolled back: nothing of the batch is written
+    return _write(conn, all_rows, events, dead, presence, direct=False, topic_root=topic_root)
+
+
+def _write(
+    conn: psycopg.Connection[tuple[object, ...]],
+    rows: Sequence[ReadingRow],
+    events: Sequence[Event],
+    dead: Sequence[DeadLetter],
+    presence: Sequence[Presence],
+    *,
+    direct: bool,
+    topic_root: str | None = None,
+) -> BatchCounts:
     readings_new = events_new = 0
+    conflicts: list[DeadLetter] = []
     with conn.transaction(), conn.cursor() as cur:
-        if readings:
-            with cur.copy(
-                "COPY readings_stage (ts, device_id, metric, value, seq, received_at)"
-                " FROM STDIN (FORMAT BINARY)"
-            ) as copy:
-                copy.set_types(["timestamptz", "text", "text", "float8", "int8", "timestamptz"])
-                for r in readings:
-                    copy.write_row((r.ts, r.device_id, r.metric, r.value, r.seq, r.received_at))
-            cur.execute(
-                "INSERT INTO readings SELECT * FROM readings_stage"
-                " ON CONFLICT (device_id, metric, ts) DO NOTHING"
-            )
-            readings_new = cur.rowcount
+        if rows and direct:
+            with cur.copy(f"COPY readings {_READING_COLUMNS} FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(_READING_TYPES)
+                for row in rows:
+                    copy.write_row(row)
+            readings_new = len(rows)
+        elif rows:
+            readings_new, conflicts = _insert_idempotent(cur, rows, topic_root)
         if events:
             with cur.copy(
                 "COPY events_stage (ts, device_id, type, data, seq, received_at)"
@@ -94,17 +134,67 @@ def write_batch(
                 " ON CONFLICT (device_id, type, ts) DO NOTHING"
             )
             events_new = cur.rowcount
-        if dead:
+        if dead or conflicts:
             cur.executemany(
                 "INSERT INTO dead_letters (topic, device_id, reason, payload, payload_size)"
                 " VALUES (%s, %s, %s, %s, %s)",
-                [(d.topic, d.device_id, d.reason, d.payload, len(d.payload)) for d in dead],
+                [
+                    (d.topic, d.device_id, d.reason, d.payload, len(d.payload))
+                    for d in (*dead, *conflicts)
+                ],
             )
         if presence:
             _update_presence(cur, presence)
         for payload in _notify_payloads(presence):
             cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
-    return BatchCounts(readings_new, events_new)
+    return BatchCounts(readings_new, events_new, len(conflicts), fell_back=not direct)
+
+
+def _insert_idempotent(
+    cur: psycopg.Cursor[tuple[object, ...]], rows: Sequence[ReadingRow], topic_root: str | None
+) -> tuple[int, list[DeadLetter]]:
+    """Staging COPY + `INSERT … ON CONFLICT DO NOTHING`; (new rows, conflicting resends)."""
+    with cur.copy(f"COPY readings_stage {_READING_COLUMNS} FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(_READING_TYPES)
+        for row in rows:
+            copy.write_row(row)
+    cur.execute(
+        "INSERT INTO readings SELECT * FROM readings_stage"
+        " ON CONFLICT (device_id, metric, ts) DO NOTHING"
+    )
+    inserted = cur.rowcount
+    if inserted == len(rows):
+        return inserted, []
+    # Only resends are left: compare them with what is stored. The time bounds let the planner
+    # skip other chunks; the index on (device_id, metric, ts) finds each stored row.
+    cur.execute(
+        """
+        SELECT s.device_id, s.seq, s.ts, s.metric, s.value
+        FROM readings_stage s
+        JOIN readings r ON r.device_id = s.device_id AND r.metric = s.metric AND r.ts = s.ts
+        WHERE r.ts BETWEEN %s AND %s AND r.value <> s.value
+        ORDER BY s.device_id, s.ts, s.seq, s.metric
+        """,
+        (min(r[0] for r in rows), max(r[0] for r in rows)),
+    )
+    return inserted, _conflict_letters(cur.fetchall(), topic_root)
+
+
+def _conflict_letters(
+    found: Sequence[tuple[object, ...]], topic_root: str | None
+) -> list[DeadLetter]:
+    """One dead letter per conflicting message: {"seq", "ts" (epoch ms), "metrics"} with the
+    values of the copy that was not stored."""
+    messages: dict[tuple[str, int | None, datetime], dict[str, float]] = {}
+    for device_id, seq, ts, metric, value in found:
+        key = (str(device_id), seq if isinstance(seq, int) else None, cast(datetime, ts))
+        messages.setdefault(key, {})[str(metric)] = cast(float, value)
+    letters = []
+    for (device_id, seq, ts), metrics in messages.items():
+        body = {"seq": seq, "ts": round(ts.timestamp() * 1000), "metrics": metrics}
+        topic = f"{topic_root}/{device_id}/telemetry" if topic_root else device_id
+        letters.append(DeadLetter(topic, device_id, CONFLICTING_DUPLICATE, orjson.dumps(body)))
+    return letters
 
 
 def _update_presence(cur: psycopg.Cursor[tuple[object, ...]], presence: Sequence[Presence]) -> None:
