@@ -3,38 +3,22 @@
 paho-mqtt spends most of its time building objects for each PUBACK (about 18 k messages/s on
 this machine); a benchmark needs several times that from one process. This client only
 CONNECTs, PUBLISHes at QoS 1 in bursts (one socket write per burst), reads PUBACKs in bulk,
-pings and DISCONNECTs. The scenario publisher keeps using paho (Last Will, MQTT v5).
+pings and DISCONNECTs; its packets come from weijian/mqttwire.py, which the ingest's receive
+client shares. The scenario publisher keeps using paho (Last Will, MQTT v5).
 """
 
 from __future__ import annotations
 
 import socket
 import ssl
-import struct
 import time
 
+from weijian import mqttwire as wire
 from weijian.config import MqttTarget
-
-_PUBACK = 0x40
-_PINGRESP = 0xD0
-_CONNACK = 0x20
 
 
 class RawMqttError(RuntimeError):
     """The broker refused the connection or broke the protocol."""
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _str(value: bytes) -> bytes:
-    return struct.pack("!H", len(value)) + value
 
 
 class RawPublisher:
@@ -56,19 +40,19 @@ class RawPublisher:
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=target.host)
         self.sock = sock
         self.keepalive = keepalive
-        flags = 0x02 | 0x80 | 0x40  # clean session, username, password
-        body = (
-            _str(b"MQTT")
-            + bytes([4, flags])
-            + struct.pack("!H", keepalive)
-            + _str(client_id.encode())
-            + _str(username.encode())
-            + _str(password.encode())
+        sock.sendall(
+            wire.connect(
+                client_id,
+                username=username,
+                password=password,
+                keepalive=keepalive,
+                version=wire.MQTT_311,
+            )
         )
-        sock.sendall(bytes([0x10]) + _varint(len(body)) + body)
         ack = self._read_exact(4)
-        if ack[0] != _CONNACK or ack[3] != 0:
-            raise RawMqttError(f"broker refused the connection (CONNACK return code {ack[3]})")
+        if ack[0] != wire.CONNACK or ack[3] != 0:
+            why = wire.reason_text(ack[3], wire.MQTT_311)
+            raise RawMqttError(f"broker refused the connection: {why}")
         sock.setblocking(False)
         self._mid = 0
         self._out = bytearray()
@@ -89,14 +73,7 @@ class RawPublisher:
     def publish(self, topic: bytes, payload: bytes) -> None:
         """Queue one QoS 1 PUBLISH (written by the next `pump`)."""
         self._mid = self._mid + 1 if self._mid < 65535 else 1
-        body_len = 2 + len(topic) + 2 + len(payload)
-        out = self._out
-        out.append(0x32)
-        out += _varint(body_len)
-        out += struct.pack("!H", len(topic))
-        out += topic
-        out += struct.pack("!H", self._mid)
-        out += payload
+        wire.publish_into(self._out, topic, payload, self._mid)
         self.outstanding += 1
 
     def want_write(self) -> bool:
@@ -113,7 +90,7 @@ class RawPublisher:
                 pass
         self.read()
         if time.monotonic() - self._last_io > self.keepalive / 2 and not self._out:
-            self._out += b"\xc0\x00"
+            self._out += wire.PINGREQ
 
     def read(self) -> None:
         try:
@@ -129,29 +106,24 @@ class RawPublisher:
         self._parse()
 
     def _parse(self) -> None:
-        buf = self._in
-        i = 0
+        packets = wire.Packets.empty()
+        used, _need = wire.split(bytes(self._in), packets, version=wire.MQTT_311)
+        del self._in[:used]
         acks = 0
-        n = len(buf)
-        while i + 2 <= n:
-            kind, length = buf[i], buf[i + 1]
-            if length & 0x80:
-                raise RawMqttError(f"unexpected packet 0x{kind:02x} from the broker")
-            if i + 2 + length > n:
-                break
-            if kind == _PUBACK:
+        for kind, _body in packets.others:
+            if kind == wire.PUBACK:
                 acks += 1
-            elif kind != _PINGRESP:
+            elif kind != wire.PINGRESP:
                 raise RawMqttError(f"unexpected packet 0x{kind:02x} from the broker")
-            i += 2 + length
-        del buf[:i]
+        if packets.ids:
+            raise RawMqttError("unexpected PUBLISH from the broker")
         self.outstanding -= acks
         self.acked += acks
 
     def close(self) -> None:
         try:
             self.sock.setblocking(True)
-            self.sock.sendall(b"\xe0\x00")
+            self.sock.sendall(wire.DISCONNECT)
         except OSError:
             pass
         self.sock.close()
