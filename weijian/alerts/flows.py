@@ -19,6 +19,7 @@ import orjson
 from weijian.alerts import repository, service
 from weijian.alerts.models import Detector, DeviceData, Finding, SiteData
 from weijian.alerts.profiles import build_profile
+from weijian.alerts.windows import WindowCache
 from weijian.db.connection import AsyncConn
 from weijian.devices import service as devices
 from weijian.devices.kinds import DeviceKind, SiteKind
@@ -49,11 +50,13 @@ async def load_site_data(
     detectors: Sequence[Detector],
     now: datetime,
     since: Mapping[str, datetime] | None = None,
+    cache: WindowCache | None = None,
 ) -> list[SiteData]:
     """Each site's devices with the readings and events the detectors need, up to `now`.
 
     `since` (site → earliest device time of newly arrived data) widens the window so that a
-    backlog sent after an outage is judged too, not only the last `lookback`.
+    backlog sent after an outage is judged too, not only the last `lookback`. With a `cache`,
+    only what arrived since the previous evaluation is read (alerts/windows.py).
     """
     rows = await repository.site_devices(conn=conn, site_ids=site_ids)
     if not rows:
@@ -77,7 +80,10 @@ async def load_site_data(
                 starts[str(row["id"])] = (
                     start if late_since is None else min(start, late_since - span)
                 )
-        readings, events = await _site_window(conn, starts, now)
+        if cache is None:
+            readings, events = await _site_window(conn, starts, now)
+        else:
+            readings, events = await cache.window(conn, starts, now, late_since)
         device_data: dict[str, DeviceData] = {}
         for row in device_rows:
             device_id = str(row["id"])
@@ -236,11 +242,12 @@ async def evaluate_sites(
     rng: random.Random,
     sign: str,
     since: Mapping[str, datetime] | None = None,
+    cache: WindowCache | None = None,
 ) -> EvaluationResult:
     """Run the detectors over the sites and commit what follows, one transaction per site."""
     result = EvaluationResult()
     for site in await load_site_data(
-        conn=conn, site_ids=site_ids, detectors=detectors, now=now, since=since
+        conn=conn, site_ids=site_ids, detectors=detectors, now=now, since=since, cache=cache
     ):
         findings = run_detectors(site, detectors, now)
         result.findings += len(findings)

@@ -17,6 +17,7 @@ from weijian.alerts import repository
 from weijian.alerts.anomaly import AnomalyDetector, fit_models
 from weijian.alerts.flows import EvaluationResult, evaluate_sites
 from weijian.alerts.models import Detector
+from weijian.alerts.windows import WindowCache
 from weijian.clock import Clock
 from weijian.db.connection import AsyncConn, connect
 from weijian.ingest.repository import NOTIFY_CHANNEL
@@ -58,6 +59,9 @@ class DetectionLoop:
         # device id → earliest device time of its new data (None: only presence changed)
         self._pending: dict[str, datetime | None] = {}
         self._wakeup = asyncio.Event()
+        # Shared by stream and scan: they may interleave, which is safe because each cache
+        # entry is replaced whole by a self-consistent window (alerts/windows.py).
+        self._windows = WindowCache()
 
     async def evaluate(
         self, site_ids: Sequence[str], trigger: str, since: Mapping[str, datetime] | None = None
@@ -72,6 +76,7 @@ class DetectionLoop:
                 rng=self._rng,
                 sign=self._sign,
                 since=since,
+                cache=self._windows,
             )
         EVALUATIONS.labels(trigger).inc(len(site_ids))
         EVALUATION_SECONDS.observe(time.monotonic() - started)

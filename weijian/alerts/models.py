@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 from pydantic import BaseModel
 
 from weijian.devices.kinds import DeviceKind, SiteKind
 from weijian.telemetry import Event, Reading
 
+_T = TypeVar("_T")
 
 class Severity(StrEnum):
     INFO = "info"
@@ -58,9 +59,32 @@ class DeviceData:
     online: bool | None = None
     # True when readings and events are each sorted by device time (as the loader returns them).
     ordered: bool = False
+    # Views derived from the data (a metric's series, a time slice, ...), computed once per
+    # object: a dozen detectors look at the same device in one evaluation. Never copied by
+    # `dataclasses.replace`, so a changed copy starts empty. Callers treat what it holds as
+    # read-only.
+    _memo: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def memo(self, key: Hashable, compute: Callable[[], _T]) -> _T:
+        """`compute()` once per key for this object; later calls return the same value."""
+        try:
+            return cast(_T, self._memo[key])
+        except KeyError:
+            value = self._memo[key] = compute()
+            return value
 
     def series(self, metric: str) -> list[Reading]:
-        return [r for r in self.readings if r.metric == metric]
+        """The readings of one metric, in the order held (read-only: shared between callers)."""
+        return self.memo(("series", metric), lambda: self._by_metric().get(metric, []))
+
+    def _by_metric(self) -> dict[str, list[Reading]]:
+        def split() -> dict[str, list[Reading]]:
+            out: dict[str, list[Reading]] = {}
+            for r in self.readings:
+                out.setdefault(r.metric, []).append(r)
+            return out
+
+        return self.memo("by_metric", split)
 
 
 @dataclass(frozen=True)

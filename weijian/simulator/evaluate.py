@@ -16,20 +16,23 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import sql
 
 from weijian.alerts import repository as alerts_repo
 from weijian.alerts.detectors import catalogue
 from weijian.alerts.flows import evaluate_sites
+from weijian.alerts.windows import WindowCache
 from weijian.clock import ManualClock
 from weijian.config import Settings
 from weijian.db.connection import connect
 from weijian.db.migrate import migrate
+from weijian.ingest.repository import NOTIFY_CHANNEL
 from weijian.ingest.worker import TelemetryIngestor
 from weijian.simulator.engine import MessageSink, Simulation
 from weijian.simulator.labels import Label
@@ -148,12 +151,20 @@ class ScenarioEvaluation:
         sink = CountingSink(MqttPublisher(credentials))
         runner = asyncio.Runner()
         conn = runner.run(connect(self.settings.database_url))
-        site_ids = sorted({c.site_id or "" for c in credentials.values()})
+        # What ingest announces on commit (earliest device time per device), as the live
+        # detection loop hears it: late backlogs widen the window and refresh the cache.
+        listener = psycopg.connect(self.settings.database_url, autocommit=True)
+        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        site_of = {c.device_id: c.site_id or "" for c in credentials.values()}
+        site_ids = sorted(set(site_of.values()))
         detectors = catalogue()
+        windows = WindowCache()
         rng = random.Random(1)
+        since: dict[str, datetime] = {}
 
         def on_step(sim_time: datetime) -> None:
             self._await_commit(ingestor, sink.published)
+            _heard(listener, site_of, since)
             if sim_time < self._next_scan and sim_time < self.scenario.end:
                 return
             while self._next_scan <= sim_time:
@@ -167,8 +178,11 @@ class ScenarioEvaluation:
                     now=sim_time,
                     rng=rng,
                     sign="卫生监督所",
+                    since=dict(since),
+                    cache=windows,
                 )
             )
+            since.clear()
             self.detection_s += time.monotonic() - t0
 
         try:
@@ -183,6 +197,7 @@ class ScenarioEvaluation:
             stats = simulation.run()
             rows = runner.run(alerts_repo.detections(conn=conn))
         finally:
+            listener.close()
             runner.run(conn.close())
             runner.close()
             ingestor.stop()
@@ -209,6 +224,19 @@ class ScenarioEvaluation:
                 )
                 return
             time.sleep(0.005)
+
+
+def _heard(
+    listener: psycopg.Connection[Any], site_of: dict[str, str], since: dict[str, datetime]
+) -> None:
+    """Fold the ingest announcements received so far into site → earliest new device time."""
+    for note in listener.notifies(timeout=0):
+        for device_id, earliest_ms in orjson.loads(note.payload).items():
+            site_id = site_of.get(device_id)
+            if site_id is None or earliest_ms is None:
+                continue
+            earliest = datetime.fromtimestamp(earliest_ms / 1000, UTC)
+            since[site_id] = min(earliest, since.get(site_id, earliest))
 
 
 def evaluate_paths(

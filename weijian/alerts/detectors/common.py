@@ -56,11 +56,15 @@ class DeviceDetector:
 
 def within(device: DeviceData, start: datetime, end: datetime) -> DeviceData:
     """The device's data with device time in [start, end]: a detector judges exactly its own
-    lookback, however much history the caller loaded (it loads the most any detector needs)."""
-    return replace(
-        device,
-        readings=_slice(device.readings, start, end, device.ordered),
-        events=_slice(device.events, start, end, device.ordered),
+    lookback, however much history the caller loaded (it loads the most any detector needs).
+    Detectors with the same lookback share one slice (and the views memoised on it)."""
+    return device.memo(
+        ("within", start, end),
+        lambda: replace(
+            device,
+            readings=_slice(device.readings, start, end, device.ordered),
+            events=_slice(device.events, start, end, device.ordered),
+        ),
     )
 
 
@@ -112,8 +116,11 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def series(device: DeviceData, metric: str) -> list[Reading]:
-    """One metric of a device sorted by device time (data may arrive out of order)."""
-    return sorted(device.series(metric), key=lambda r: (r.ts, r.seq or 0))
+    """One metric of a device sorted by device time (data may arrive out of order).
+    Read-only: the list is shared by every detector that asks for it."""
+    return device.memo(
+        ("sorted", metric), lambda: sorted(device.series(metric), key=lambda r: (r.ts, r.seq or 0))
+    )
 
 
 _UNITS = {

@@ -48,7 +48,12 @@ class DishState:
 
 def timeline(device: DeviceData, max_gap: timedelta) -> list[DishState]:
     """The machine's state at every sample time, holding each metric's last value for at most
-    `max_gap`. Without a `running` flag, a moving belt counts as running."""
+    `max_gap`. Without a `running` flag, a moving belt counts as running. Read-only: shared by
+    the detectors that ask for the same device and gap."""
+    return device.memo(("dish-timeline", max_gap), lambda: _timeline(device, max_gap))
+
+
+def _timeline(device: DeviceData, max_gap: timedelta) -> list[DishState]:
     rows = sorted(
         (r for r in device.readings if r.metric in _METRICS), key=lambda r: (r.ts, r.seq or 0)
     )

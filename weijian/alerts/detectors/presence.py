@@ -24,10 +24,15 @@ def offline_after(site: SiteData, device: DeviceData) -> timedelta:
 
 
 def receive_times(device: DeviceData) -> list[datetime]:
-    """When the platform received each message (device time if the receive time is missing)."""
-    times = {r.received_at or r.ts for r in device.readings}
-    times |= {e.received_at or e.ts for e in device.events}
-    return sorted(times)
+    """When the platform received each message (device time if the receive time is missing).
+    Read-only: shared by the detectors that ask for the same device."""
+
+    def compute() -> list[datetime]:
+        times = {r.received_at or r.ts for r in device.readings}
+        times |= {e.received_at or e.ts for e in device.events}
+        return sorted(times)
+
+    return device.memo("receive_times", compute)
 
 
 class OfflineDetector(DeviceDetector):

@@ -47,7 +47,12 @@ class Message:
 
 
 def messages(device: DeviceData, now: datetime) -> list[Message]:
-    """The device's messages with a seq, in device-time order (then seq)."""
+    """The device's messages with a seq, in device-time order (then seq). Read-only: shared by
+    the detectors that ask for the same device and time."""
+    return device.memo(("messages", now), lambda: _messages(device, now))
+
+
+def _messages(device: DeviceData, now: datetime) -> list[Message]:
     parts: dict[tuple[int, datetime], dict[str, object]] = defaultdict(dict)
     received: dict[tuple[int, datetime], datetime | None] = {}
     conflicts: set[tuple[int, datetime]] = set()

@@ -1,0 +1,182 @@
+"""The detectors' window cache returns what a full load returns, reading only what is new."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from weijian.alerts import repository
+from weijian.alerts.windows import WindowCache
+from weijian.config import Settings
+from weijian.db.connection import AsyncConn, connect
+from weijian.telemetry import Event, Reading
+
+T0 = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
+LOOKBACK = timedelta(hours=1)
+DEVICES = ("dev-a", "dev-b")
+
+
+def insert(settings: Settings, readings: Iterable[Reading], events: Iterable[Event] = ()) -> None:
+    with psycopg.connect(settings.database_url) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO readings (ts, device_id, metric, value, seq, received_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            [(r.ts, r.device_id, r.metric, r.value, r.seq, r.received_at) for r in readings],
+        )
+        conn.cursor().executemany(
+            "INSERT INTO events (ts, device_id, type, data, seq, received_at)"
+            " VALUES (%s, %s, %s, '{}', %s, %s)",
+            [(e.ts, e.device_id, e.type, e.seq, e.received_at) for e in events],
+        )
+
+
+def minute_of(device: str, minute: int, *, received: datetime | None = None) -> list[Reading]:
+    ts = T0 + timedelta(minutes=minute)
+    return [
+        Reading(ts, device, metric, float(minute), minute, received or ts)
+        for metric in ("temp_c", "humidity_pct")
+    ]
+
+
+async def full(
+    conn: AsyncConn, starts: dict[str, datetime], now: datetime
+) -> tuple[dict[str, list[Reading]], dict[str, list[Event]]]:
+    """What a full load returns (the reference)."""
+    readings: dict[str, list[Reading]] = {d: [] for d in starts}
+    events: dict[str, list[Event]] = {d: [] for d in starts}
+    rows = await repository.readings_between(
+        conn=conn, device_ids=list(starts), start=min(starts.values()), end=now
+    )
+    for r in rows:
+        if r.ts >= starts[r.device_id]:
+            readings[r.device_id].append(r)
+    for e in await repository.events_between(
+        conn=conn, device_ids=list(starts), start=min(starts.values()), end=now
+    ):
+        if e.ts >= starts[e.device_id]:
+            events[e.device_id].append(e)
+    return readings, events
+
+
+def keys(items: Iterable[Reading | Event]) -> list[tuple[object, ...]]:
+    return sorted(
+        (x.ts, x.device_id, x.metric if isinstance(x, Reading) else x.type) for x in items
+    )
+
+
+async def check_same(
+    cache: WindowCache,
+    conn: AsyncConn,
+    now: datetime,
+    late_since: datetime | None = None,
+) -> None:
+    starts = dict.fromkeys(DEVICES, now - LOOKBACK)
+    got_r, got_e = await cache.window(conn, starts, now, late_since)
+    want_r, want_e = await full(conn, starts, now)
+    for device in DEVICES:
+        assert keys(got_r[device]) == keys(want_r[device]), device
+        assert keys(got_e[device]) == keys(want_e[device]), device
+        times = [r.ts for r in got_r[device]]
+        assert times == sorted(times), "windows stay in device-time order"
+
+
+@pytest.mark.anyio
+async def test_incremental_windows_equal_full_loads_and_read_only_the_new_rows(
+    settings: Settings,
+) -> None:
+    insert(settings, [r for m in range(0, 90) for d in DEVICES for r in minute_of(d, m)])
+    cache = WindowCache()
+    conn = await connect(settings.database_url)
+    async with conn:
+        await check_same(cache, conn, T0 + timedelta(minutes=90))
+        assert cache.stats.full_loads == 2
+        first_read = cache.stats.rows_read
+
+        # Ten more minutes arrive; the next evaluation reads the overlap and the new rows only.
+        insert(settings, [r for m in range(90, 100) for d in DEVICES for r in minute_of(d, m)])
+        await check_same(cache, conn, T0 + timedelta(minutes=100))
+        assert cache.stats.incremental_loads == 2
+        assert cache.stats.rows_read - first_read < first_read / 2
+
+        # A row committed late but within the overlap (several workers) is not missed.
+        late = T0 + timedelta(minutes=98, seconds=30)
+        insert(settings, [Reading(late, "dev-a", "temp_c", 1.0, 990, T0 + timedelta(minutes=103))])
+        insert(settings, [r for m in range(100, 105) for d in DEVICES for r in minute_of(d, m)])
+        await check_same(cache, conn, T0 + timedelta(minutes=105))
+
+
+@pytest.mark.anyio
+async def test_a_late_backlog_announced_by_ingest_is_loaded_in_full(settings: Settings) -> None:
+    # dev-b was silent for minutes 40-79 and its backlog arrives after the cache has moved on.
+    insert(
+        settings,
+        [
+            r
+            for m in range(0, 80)
+            for d in DEVICES
+            if d == "dev-a" or m < 40
+            for r in minute_of(d, m)
+        ],
+    )
+    cache = WindowCache()
+    conn = await connect(settings.database_url)
+    async with conn:
+        await check_same(cache, conn, T0 + timedelta(minutes=80))
+        backlog = [r for m in range(40, 80) for r in minute_of("dev-b", m)]
+        backlog += [r for m in range(80, 85) for d in DEVICES for r in minute_of(d, m)]
+        insert(
+            settings,
+            backlog,
+            [
+                Event(
+                    T0 + timedelta(minutes=41), "dev-b", "reboot", {}, 1, T0 + timedelta(minutes=84)
+                )
+            ],
+        )
+        loads = cache.stats.full_loads
+        await check_same(cache, conn, T0 + timedelta(minutes=85), late_since=backlog[0].ts)
+        assert cache.stats.full_loads == loads + 2
+
+
+@pytest.mark.anyio
+async def test_a_window_reaching_further_back_or_a_clock_going_back_loads_in_full(
+    settings: Settings,
+) -> None:
+    insert(settings, [r for m in range(0, 120) for d in DEVICES for r in minute_of(d, m)])
+    cache = WindowCache()
+    conn = await connect(settings.database_url)
+    async with conn:
+        now = T0 + timedelta(minutes=110)
+        await cache.window(conn, dict.fromkeys(DEVICES, now - LOOKBACK), now)
+        wider = dict.fromkeys(DEVICES, now - 2 * LOOKBACK)
+        got, _ = await cache.window(conn, wider, now)
+        want, _ = await full(conn, wider, now)
+        assert keys(got["dev-a"]) == keys(want["dev-a"])
+        assert cache.stats.full_loads == 4
+        await check_same(cache, conn, T0 + timedelta(minutes=100))  # backtest-style rewind
+        assert cache.stats.full_loads == 6
+
+
+@pytest.mark.anyio
+async def test_memory_is_bounded_by_evicting_the_least_recently_used_devices(
+    settings: Settings,
+) -> None:
+    insert(settings, [r for m in range(0, 60) for d in DEVICES for r in minute_of(d, m)])
+    cache = WindowCache(max_rows=150)
+    conn = await connect(settings.database_url)
+    async with conn:
+        now = T0 + timedelta(minutes=60)
+        await cache.window(conn, {"dev-a": now - LOOKBACK}, now)
+        await cache.window(conn, {"dev-b": now - LOOKBACK}, now)
+        assert cache.stats.evictions == 1
+        assert len(cache) == 1
+        assert cache.rows <= 150
+        await check_same(cache, conn, now)  # the evicted device is simply loaded again
+
+
+def test_a_negative_overlap_is_refused() -> None:
+    with pytest.raises(ValueError, match="overlap"):
+        WindowCache(overlap=-timedelta(seconds=1))
