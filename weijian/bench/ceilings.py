@@ -21,21 +21,27 @@ def measure(ctx: BenchContext) -> dict[str, Any]:
     copy_rate = copy_ceiling(ctx)
     path_rate = ingest_path_ceiling(ctx)
     bare, publisher = bare_mqtt(ctx, subscribers=1)
+    paho, paho_publisher = bare_mqtt(ctx, subscribers=1, client="paho")
     shared, shared_publisher = (
         bare_mqtt(ctx, subscribers=ctx.config.workers) if ctx.config.workers > 1 else (None, None)
     )
     drain = bare_mqtt_drain(ctx)
+    paho_drain = bare_mqtt_drain(ctx, client="paho")
     return {
         "copy_rows_per_s": round(copy_rate),
         "ingest_path_rows_per_s": round(path_rate),
+        "bare_mqtt_client": "lean",
         "bare_mqtt_msgs_per_s": round(bare),
         "publisher_msgs_per_s": round(publisher),
+        "bare_mqtt_paho_msgs_per_s": round(paho),
+        "paho_publisher_msgs_per_s": round(paho_publisher),
         "bare_mqtt_shared_subscribers": ctx.config.workers,
         "bare_mqtt_shared_msgs_per_s": None if shared is None else round(shared),
         "shared_publisher_msgs_per_s": None
         if shared_publisher is None
         else round(shared_publisher),
         "bare_mqtt_drain_msgs_per_s": round(drain),
+        "bare_mqtt_drain_paho_msgs_per_s": round(paho_drain),
         "copy_rows": ctx.config.copy_rows,
         "ingest_path_batch_readings": _batch_readings(ctx),
     }
@@ -120,39 +126,45 @@ def _presence(readings: list[Reading], now: datetime) -> list[ingest_repo.Presen
     ]
 
 
-def bare_mqtt(ctx: BenchContext, *, subscribers: int) -> tuple[float, float]:
-    """Messages/s that `subscribers` paho clients (QoS 1, automatic PUBACK, one process each,
-    one shared subscription when several) take while the load publishes at full speed; and
-    what the publisher achieved meanwhile."""
-    root = f"bench{ctx.tag}/bare{subscribers}/v1"
+def bare_mqtt(ctx: BenchContext, *, subscribers: int, client: str = "lean") -> tuple[float, float]:
+    """Messages/s that `subscribers` bare clients (QoS 1, every message acknowledged at once,
+    one process each, one shared subscription when several) take while the load publishes at
+    full speed; and what the publisher achieved meanwhile. `client`: the ingest's own receive
+    client ("lean") or a stock paho client ("paho", the reference)."""
+    root = f"bench{ctx.tag}/bare{subscribers}{client}/v1"
     plain = f"{root}/+/telemetry"
     topic_filter = plain if subscribers == 1 else f"$share/bench{ctx.tag}/{plain}"
     ctx.progress(
-        f"ceilings: {subscribers} bare MQTT subscriber(s) counting for {ctx.config.bare_mqtt_s:g} s"
+        f"ceilings: {subscribers} bare {client} MQTT subscriber(s) counting for"
+        f" {ctx.config.bare_mqtt_s:g} s"
     )
-    subs = [
-        Subscriber(_job(ctx, topic_filter, f"bench-{ctx.tag}-bare{subscribers}-{i}"))
-        for i in range(subscribers)
-    ]
+    ids = [f"bench-{ctx.tag}-bare{subscribers}{client}-{i}" for i in range(subscribers)]
+    ctx.client_ids.extend(ids)
+    subs = [Subscriber(_job(ctx, topic_filter, i, client)) for i in ids]
     rate, publisher = _while_loading(ctx, subs, root, ctx.config.bare_mqtt_s, ctx.ids[SUSTAINED])
-    ctx.progress(f"ceilings: bare MQTT {rate:,.0f} msg/s (publisher {publisher:,.0f} msg/s)")
+    ctx.progress(
+        f"ceilings: bare {client} MQTT {rate:,.0f} msg/s (publisher {publisher:,.0f} msg/s)"
+    )
     return rate, publisher
 
 
-def bare_mqtt_drain(ctx: BenchContext) -> float:
+def bare_mqtt_drain(ctx: BenchContext, client: str = "lean") -> float:
     """Messages/s one bare subscriber takes from a queue built while it was away, with no
     publisher sharing the cores (compare with the ingest's drain rate)."""
-    root = f"bench{ctx.tag}/drain/v1"
-    client_id = f"bench-{ctx.tag}-drain"
+    root = f"bench{ctx.tag}/drain{client}/v1"
+    client_id = f"bench-{ctx.tag}-drain-{client}"
     ctx.client_ids.append(client_id)
     job = SubscriberJob(
-        **{**_job(ctx, f"{root}/+/telemetry", client_id).__dict__, "session_expiry_s": 1800}
+        **{
+            **_job(ctx, f"{root}/+/telemetry", client_id, client).__dict__,
+            "session_expiry_s": 1800,
+        }
     )
     messages = max(1000, round(ctx.config.bare_mqtt_s * 20_000))
     away = Subscriber(job)
     away.start()
     away.stop()
-    ctx.progress(f"ceilings: queueing {messages:,} messages for a bare subscriber")
+    ctx.progress(f"ceilings: queueing {messages:,} messages for a bare {client} subscriber")
     ctx.load(ctx.ids[SUSTAINED], rate=0, root=root).run(messages=messages, timeout_s=600)
     back = Subscriber(job)
     try:
@@ -161,7 +173,7 @@ def bare_mqtt_drain(ctx: BenchContext) -> float:
     finally:
         back.stop()
     rate = back.busy_rate()
-    ctx.progress(f"ceilings: bare MQTT drain {rate:,.0f} msg/s")
+    ctx.progress(f"ceilings: bare {client} MQTT drain {rate:,.0f} msg/s")
     return rate
 
 
@@ -178,13 +190,16 @@ def naive(ctx: BenchContext) -> dict[str, Any]:
     return {"readings_per_s": round(rate), "publisher_msgs_per_s": round(publisher)}
 
 
-def _job(ctx: BenchContext, topic_filter: str, client_id: str) -> SubscriberJob:
+def _job(
+    ctx: BenchContext, topic_filter: str, client_id: str, client: str = "paho"
+) -> SubscriberJob:
     return SubscriberJob(
         broker_url=ctx.target.public_url,
         username=ctx.username,
         password=ctx.password,
         topic_filter=topic_filter,
         client_id=client_id,
+        client=client,
     )
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -145,11 +146,17 @@ class SubscriberJob:
     topic_root: str = ""
     # > 0: a persistent session (kept this long while away), like the ingest's.
     session_expiry_s: int = 0
+    # "lean": the ingest's own receive client (weijian/ingest/subscriber.py), acknowledging
+    # each read's messages at once; "paho": a stock paho client with automatic PUBACKs.
+    client: str = "paho"
 
 
 def _subscribe(job: SubscriberJob, shared: Any, ready: EventType, stop: EventType) -> None:
-    """Child process: one paho client, QoS 1 with automatic PUBACKs, counting what it handles
-    into `shared` = [count, monotonic time of the first message, of the last one]."""
+    """Child process: one client, QoS 1, counting what it handles into `shared` = [count,
+    monotonic time of the first message, of the last one]."""
+    if job.client == "lean":
+        _subscribe_lean(job, shared, ready, stop)
+        return
     from weijian.mqtt import new_client
 
     target = MqttTarget(job.broker_url)
@@ -188,6 +195,42 @@ def _subscribe(job: SubscriberJob, shared: Any, ready: EventType, stop: EventTyp
     shared[:] = handled
 
 
+def _subscribe_lean(job: SubscriberJob, shared: Any, ready: EventType, stop: EventType) -> None:
+    """The ingest's receive client, counting and acknowledging each read's messages at once."""
+    from weijian.ingest.subscriber import Delivery, MqttSubscriber, SessionOptions
+
+    target = MqttTarget(job.broker_url)
+    scheme = "mqtts" if target.tls else "mqtt"
+    creds = MqttTarget(
+        f"{scheme}://{quote(job.username)}:{quote(job.password)}@{target.host}:{target.port}"
+    )
+    handled = [0, 0.0, 0.0]
+
+    def on_delivery(delivery: Delivery) -> None:
+        now = time.monotonic()
+        if not handled[1]:
+            handled[1] = now
+        handled[0] += len(delivery.ids)
+        handled[2] = now
+        sub.ack(delivery.connection, delivery.ids)
+
+    options = SessionOptions(
+        client_id=job.client_id,
+        topic_filters=(job.topic_filter,),
+        # The lean client always resumes a session; 60 s when the job wants none.
+        session_expiry_s=job.session_expiry_s or 60,
+        receive_maximum=_RECEIVE_MAXIMUM,
+    )
+    sub = MqttSubscriber(creds, options, on_delivery=on_delivery)
+    sub.start()
+    while not stop.wait(0.05):
+        if sub.connected.is_set():
+            ready.set()
+        shared[:] = handled
+    sub.stop()
+    shared[:] = handled
+
+
 def _naive_handler(job: SubscriberJob) -> Any:
     """Decode a message as the ingest does and INSERT its readings at once, in autocommit."""
     from datetime import UTC, datetime, timedelta
@@ -223,7 +266,9 @@ def _context() -> Any:
     """Children forked from a single-threaded server that imported paho once: a fresh process
     in milliseconds instead of a second of imports per subscriber."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["weijian.bench.processes", "weijian.mqtt", "paho.mqtt.client"])
+    ctx.set_forkserver_preload(
+        ["weijian.bench.processes", "weijian.mqtt", "paho.mqtt.client", "weijian.ingest.subscriber"]
+    )
     return ctx
 
 
