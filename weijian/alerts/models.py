@@ -15,6 +15,7 @@ from weijian.telemetry import Event, Reading
 
 _T = TypeVar("_T")
 
+
 class Severity(StrEnum):
     INFO = "info"
     WARNING = "warning"
@@ -73,11 +74,17 @@ class DeviceData:
             value = self._memo[key] = compute()
             return value
 
+    def seed(self, key: Hashable, value: Any) -> None:
+        """Provide a memoised view computed elsewhere (e.g. sliced from a larger window)."""
+        self._memo[key] = value
+
     def series(self, metric: str) -> list[Reading]:
         """The readings of one metric, in the order held (read-only: shared between callers)."""
-        return self.memo(("series", metric), lambda: self._by_metric().get(metric, []))
+        return self.metric_index().get(metric, [])
 
-    def _by_metric(self) -> dict[str, list[Reading]]:
+    def metric_index(self) -> dict[str, list[Reading]]:
+        """Metric → its readings in the order held (read-only)."""
+
         def split() -> dict[str, list[Reading]]:
             out: dict[str, list[Reading]] = {}
             for r in self.readings:

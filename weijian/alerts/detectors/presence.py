@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -56,7 +57,8 @@ class OfflineDetector(DeviceDetector):
     by_device_time = False  # presence is receive time: a late backlog is presence
 
     def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
-        heard = [t for t in receive_times(device) if now - self.lookback <= t <= now]
+        times = receive_times(device)  # sorted
+        heard = times[bisect_left(times, now - self.lookback) : bisect_right(times, now)]
         seen = [t for t in (device.last_seen, heard[-1] if heard else None) if t is not None]
         if not seen:
             return []  # never heard from: nothing to measure silence from
