@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tests.factories import make_site
-from weijian.alerts import service, tuning
+from weijian.alerts import repository, service, tuning
 from weijian.alerts.models import Finding, Severity
 from weijian.config import Settings
 from weijian.db.connection import AsyncConn, connect
@@ -276,3 +277,173 @@ def test_a_silent_site_raises_one_site_alert_instead_of_one_per_device() -> None
     assert ("device.offline", "b", "firing") in [(f.rule, f.device_id, f.state) for f in back]
     single = service.fold_silent_sites([offline("a", "firing")])
     assert [(f.device_id, f.state) for f in single] == [("a", "firing")]
+
+
+def basket(site_id: str, n: int, at: datetime, *, state: str = "firing") -> Finding:
+    """A closed chlorine immersion (one episode per basket)."""
+    return Finding(
+        rule="disinfection.chlorine_low",
+        site_id=site_id,
+        device_id="dev-1",
+        state=state,  # type: ignore[arg-type]
+        started_at=at - timedelta(minutes=7),
+        ended_at=at,
+        evidence_to=at,
+        episode=f"K{n}@{at.isoformat()}",
+        summary=f"basket {n}",
+    )
+
+
+@pytest.mark.anyio
+async def test_bad_episodes_in_a_row_are_one_alert_with_occurrences(settings: Settings) -> None:
+    conn, site = await setup(settings, kind="disinfection_plant")
+    async with conn:
+        kinds = []
+        for n in range(4):
+            at = NOW + timedelta(minutes=8 * n)
+            changes = await service.apply_findings(
+                conn=conn, findings=[basket(site, n, at)], now=at
+            )
+            kinds += [c.kind for c in changes]
+        assert kinds == ["fired"]
+        (alert,) = await service.list_alerts(conn=conn)
+        assert alert.occurrences == 4
+        rows = await repository.detections(conn=conn)
+        assert [(r["rule"], r["occurrences"], r["reopened"]) for r in rows] == [
+            ("disinfection.chlorine_low", 4, 0)
+        ]
+
+
+@pytest.mark.anyio
+async def test_a_bad_episode_soon_after_the_clear_reopens_the_alert(settings: Settings) -> None:
+    conn, site = await setup(settings, kind="disinfection_plant")
+    async with conn:
+        first = await service.apply_findings(conn=conn, findings=[basket(site, 1, NOW)], now=NOW)
+        ok = NOW + timedelta(minutes=10)
+        resolved = await service.apply_findings(
+            conn=conn, findings=[basket(site, 2, ok, state="clear")], now=ok
+        )
+        assert [c.kind for c in resolved] == ["resolved"]
+        # Another bad basket within REOPEN_WITHIN of the last violation: the same incident.
+        again = NOW + service.REOPEN_WITHIN - timedelta(minutes=1)
+        reopened = await service.apply_findings(
+            conn=conn,
+            findings=[replace(basket(site, 3, again), severity=Severity.CRITICAL)],
+            now=again,
+        )
+        assert [(c.kind, c.alert_id, c.severity) for c in reopened] == [
+            ("reopened", first[0].alert_id, Severity.CRITICAL)
+        ]
+        (alert,) = await service.list_alerts(conn=conn)
+        assert (alert.status, alert.occurrences, alert.resolved_at) == ("firing", 2, None)
+        history = await service.alert_history(conn=conn, alert_id=alert.id)
+        assert [h["action"] for h in history] == ["fired", "resolved", "reopened"]
+        rows = await repository.detections(conn=conn)
+        assert [(r["first_detected_at"], r["severity"], r["reopened"]) for r in rows] == [
+            (NOW, "critical", 1)
+        ]
+
+
+@pytest.mark.anyio
+async def test_a_bad_episode_long_after_the_clear_is_a_new_alert(settings: Settings) -> None:
+    conn, site = await setup(settings, kind="disinfection_plant")
+    async with conn:
+        await service.apply_findings(conn=conn, findings=[basket(site, 1, NOW)], now=NOW)
+        ok = NOW + timedelta(minutes=10)
+        await service.apply_findings(
+            conn=conn, findings=[basket(site, 2, ok, state="clear")], now=ok
+        )
+        later = NOW + service.REOPEN_WITHIN + timedelta(minutes=8)
+        changes = await service.apply_findings(
+            conn=conn, findings=[basket(site, 3, later)], now=later
+        )
+        assert [c.kind for c in changes] == ["fired"]
+        assert len(await repository.detections(conn=conn)) == 2
+
+
+@pytest.mark.anyio
+async def test_an_old_violation_renamed_is_not_news(settings: Settings) -> None:
+    conn, site = await setup(settings, kind="disinfection_plant")
+    async with conn:
+        await service.apply_findings(conn=conn, findings=[basket(site, 1, NOW)], now=NOW)
+        ok = NOW + timedelta(minutes=10)
+        await service.apply_findings(
+            conn=conn, findings=[basket(site, 2, ok, state="clear")], now=ok
+        )
+        # The same spell seen again once the data window starts inside it: another name, the
+        # same end. Neither a new alert nor a reopening.
+        later = NOW + timedelta(hours=3)
+        renamed = replace(basket(site, 1, NOW), episode="K1@before:2026-11-23")
+        for _ in range(2):
+            assert await service.apply_findings(conn=conn, findings=[renamed], now=later) == []
+        (alert,) = await service.list_alerts(conn=conn)
+        assert alert.status == "resolved"
+
+
+@pytest.mark.anyio
+async def test_an_alert_resolved_by_a_person_is_not_reopened(settings: Settings) -> None:
+    conn, site = await setup(settings, kind="disinfection_plant")
+    async with conn:
+        first = await service.apply_findings(conn=conn, findings=[basket(site, 1, NOW)], now=NOW)
+        await service.resolve(conn=conn, alert_id=first[0].alert_id, actor="zhang", now=NOW)
+        soon = NOW + timedelta(minutes=8)
+        changes = await service.apply_findings(
+            conn=conn, findings=[basket(site, 2, soon)], now=soon
+        )
+        assert [c.kind for c in changes] == ["fired"]
+        assert changes[0].alert_id != first[0].alert_id
+
+
+@pytest.mark.anyio
+async def test_a_silent_site_mutes_its_devices_offline_and_data_alerts(
+    settings: Settings,
+) -> None:
+    conn, site = await setup(settings, kind="disinfection_plant")
+    async with conn:
+        await devices_repo.insert_device(
+            conn=conn,
+            device_id="dev-2",
+            site_id=site,
+            kind="dish_machine",
+            name=None,
+            interval_s=10,
+        )
+
+        def offline(device: str, state: str = "firing", at: datetime = NOW) -> Finding:
+            return Finding(
+                rule="device.offline",
+                site_id=site,
+                device_id=device,
+                state=state,  # type: ignore[arg-type]
+                severity=Severity.WARNING,
+                started_at=NOW - timedelta(minutes=10),
+                evidence_to=at,
+                episode=f"{device}@silent",
+                summary="离线",
+            )
+
+        both = await service.apply_findings(
+            conn=conn, findings=[offline("dev-1"), offline("dev-2")], now=NOW
+        )
+        assert [(c.kind, c.device_id) for c in both] == [("fired", None)]
+        # While the site-level alert is active, a device's own offline finding (e.g. one whose
+        # Last Will came later, or a site whose other device's finding is missing this run)
+        # and its data rules stay muted.
+        later = NOW + timedelta(minutes=5)
+        gap = replace(finding(site, "data.sequence_gap", episode="g1", at=later), device_id="dev-2")
+        muted = await service.apply_findings(
+            conn=conn, findings=[offline("dev-1", at=later), gap], now=later
+        )
+        assert muted == []
+        # Once a device is heard again, the site alert clears and the other device, still
+        # silent, gets its own alert.
+        back = NOW + timedelta(minutes=10)
+        changes = await service.apply_findings(
+            conn=conn,
+            findings=[offline("dev-1", "clear", at=back), offline("dev-2", at=back)],
+            now=back,
+        )
+        assert sorted((c.kind, c.device_id or "-") for c in changes) == [
+            ("fired", "dev-2"),
+            ("resolved", "-"),
+        ]

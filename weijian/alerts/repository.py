@@ -29,6 +29,16 @@ async def get_active(*, conn: AsyncConn, fingerprint: str) -> dict[str, Any] | N
     return await cur.fetchone()
 
 
+async def get_latest(*, conn: AsyncConn, fingerprint: str) -> dict[str, Any] | None:
+    """The fingerprint's most recent alert (whatever its status), locked, with who resolved it."""
+    cur = await conn.execute(
+        f"SELECT {_ALERT_COLUMNS}, resolved_by FROM alerts WHERE fingerprint = %s"
+        " ORDER BY id DESC LIMIT 1 FOR UPDATE",
+        (fingerprint,),
+    )
+    return await cur.fetchone()
+
+
 async def get_alert(*, conn: AsyncConn, alert_id: int) -> Alert | None:
     cur = await conn.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE id = %s", (alert_id,))
     row = await cur.fetchone()
@@ -91,13 +101,16 @@ async def record_episode(
 
 
 async def detections(*, conn: AsyncConn) -> list[dict[str, Any]]:
-    """Every raise of an alert: one row per episode (or per alert without episodes), with the
-    time the platform detected it — what an evaluation scores against ground truth."""
+    """Every alert the platform raised, once (episodes folded into it are occurrences, a
+    reopened alert is still the one alert), with the time the platform first detected it, the
+    highest severity it reached (severity only rises) and how often it was reopened — what an
+    evaluation scores against ground truth."""
     cur = await conn.execute(
-        "SELECT a.id, a.rule, a.site_id, a.device_id, COALESCE(e.seen_at, a.detected_at)"
-        " AS first_detected_at, e.episode FROM alerts a"
-        " LEFT JOIN alert_episodes e ON e.alert_id = a.id"
-        " ORDER BY first_detected_at, a.id"
+        "SELECT a.id, a.rule, a.site_id, a.device_id, a.detected_at AS first_detected_at,"
+        " a.severity, a.occurrences,"
+        " (SELECT count(*) FROM alert_history h WHERE h.alert_id = a.id"
+        "   AND h.action = 'reopened') AS reopened"
+        " FROM alerts a ORDER BY a.detected_at, a.id"
     )
     return list(await cur.fetchall())
 
@@ -180,6 +193,15 @@ async def insert_silence(
     row = await cur.fetchone()
     assert row is not None
     return int(row["id"])
+
+
+async def silent_sites(*, conn: AsyncConn) -> set[str]:
+    """Sites with an active site-level `device.offline` alert (every device silent)."""
+    cur = await conn.execute(
+        "SELECT site_id FROM alerts WHERE rule = 'device.offline' AND status <> 'resolved'"
+        " AND device_id IS NULL"
+    )
+    return {str(r["site_id"]) for r in await cur.fetchall()}
 
 
 async def offline_devices(*, conn: AsyncConn) -> set[str]:

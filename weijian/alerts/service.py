@@ -1,9 +1,14 @@
 """Alert lifecycle: findings become alerts (one active per fingerprint), with history.
 
 firing → acknowledged → resolved. Severity may rise. A closed episode (batch, bag, day) is
-raised at most once. Clear evidence after the last violation resolves the alert, after a
-streak of clear evaluations for condition rules (hysteresis) and at once for episode rules.
-Silences drop findings in their scope; an offline device's data rules are inhibited.
+raised at most once. While a fingerprint (rule, site, device) keeps producing bad episodes it
+is one alert: a new episode while the alert is active is an occurrence of it, and one that
+starts within `REOPEN_WITHIN` of the last violation of an alert the system resolved reopens
+that alert (one notification per incident, not one per basket). Clear evidence after the last
+violation resolves the alert, after a streak of clear evaluations for condition rules
+(hysteresis) and at once for episode rules. Silences drop findings in their scope; an offline
+device's data rules are inhibited, and so are the offline alerts and data rules of the devices
+of a site that is silent as a whole (one site-level alert speaks for them).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from weijian.alerts import repository
@@ -25,6 +30,9 @@ log = logging.getLogger(__name__)
 SYSTEM = "system"
 # Clear evaluations in a row before a condition alert (one without episodes) resolves.
 CONDITION_CLEAR_STREAK = 2
+# A violation starting this soon after the last one of an alert the system resolved continues
+# that alert (reopened) instead of raising a new one: the same incident, flapping.
+REOPEN_WITHIN = timedelta(hours=1)
 
 
 class AlertError(ValueError):
@@ -35,7 +43,8 @@ class AlertError(ValueError):
 class AlertChange:
     """What happened to an alert, for the stages downstream (inspections, notify, the wall)."""
 
-    kind: Literal["fired", "escalated", "resolved"]
+    # "reopened": a resolved alert fired again within REOPEN_WITHIN (no new notification).
+    kind: Literal["fired", "escalated", "reopened", "resolved"]
     alert_id: int
     rule: str
     severity: Severity
@@ -64,12 +73,15 @@ def _silenced(finding: Finding, silences: Sequence[dict[str, Any]]) -> bool:
     return False
 
 
-def _inhibited(finding: Finding, offline: set[str]) -> bool:
-    # An offline device's own data rules would only restate that it is offline.
-    return finding.device_id in offline and finding.rule.startswith("data.")
-
-
 OFFLINE = "device.offline"
+
+
+def _inhibited(finding: Finding, offline: set[str], silent_sites: set[str]) -> bool:
+    # An offline device's own data rules would only restate that it is offline; in a site
+    # silent as a whole, the site-level offline alert speaks for every device.
+    if finding.site_id in silent_sites and finding.device_id is not None:
+        return finding.rule == OFFLINE or finding.rule.startswith("data.")
+    return finding.device_id in offline and finding.rule.startswith("data.")
 
 
 def fold_silent_sites(findings: Sequence[Finding]) -> list[Finding]:
@@ -118,6 +130,19 @@ def fold_silent_sites(findings: Sequence[Finding]) -> list[Finding]:
     return folded
 
 
+def _silent_sites(findings: Sequence[Finding], stored: set[str]) -> set[str]:
+    """Sites silent as a whole: a site-level offline alert is active and this evaluation has
+    no clear for it, or this evaluation folded the site into one."""
+    silent = set(stored)
+    for f in findings:
+        if f.rule == OFFLINE and f.device_id is None:
+            if f.state == "firing":
+                silent.add(f.site_id)
+            else:
+                silent.discard(f.site_id)
+    return silent
+
+
 async def apply_findings(
     *, conn: AsyncConn, findings: Sequence[Finding], now: datetime
 ) -> list[AlertChange]:
@@ -125,12 +150,13 @@ async def apply_findings(
     findings = fold_silent_sites(findings)
     silences = await repository.active_silences(conn=conn, at=now)
     offline = await repository.offline_devices(conn=conn)
+    silent_sites = _silent_sites(findings, await repository.silent_sites(conn=conn))
     changes: list[AlertChange] = []
     ordered = sorted(findings, key=lambda f: (_evidence_time(f, now), f.state == "firing"))
     cleared_now: set[str] = set()
     for finding in ordered:
         if finding.state == "firing":
-            if _silenced(finding, silences) or _inhibited(finding, offline):
+            if _silenced(finding, silences) or _inhibited(finding, offline, silent_sites):
                 continue
             change = await _fire(conn, finding, now)
         else:
@@ -144,16 +170,8 @@ async def apply_findings(
     return changes
 
 
-async def _fire(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChange | None:
-    key = fingerprint(finding.rule, finding.site_id, finding.device_id)
-    seen_at = _evidence_time(finding, now)
-    active = await repository.get_active(conn=conn, fingerprint=key)
-    repeat = bool(finding.episode) and await repository.episode_seen(
-        conn=conn, fingerprint=key, episode=str(finding.episode)
-    )
-    if repeat and (active is None or Severity(active["severity"]).rank >= finding.severity.rank):
-        return None  # this episode was raised already (and has not grown more severe)
-    evidence = {
+def _evidence(finding: Finding) -> dict[str, Any]:
+    return {
         "value": finding.value,
         "limit_value": finding.limit,
         "unit": finding.unit,
@@ -163,6 +181,93 @@ async def _fire(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChange
         "evidence_metric": finding.evidence_metric,
         "details": dict(finding.details),
     }
+
+
+async def _late_occurrence(
+    conn: AsyncConn, latest: dict[str, Any], finding: Finding, key: str, now: datetime
+) -> None:
+    """Record an old violation on the resolved alert that covered it (once per episode)."""
+    if not finding.episode:
+        return
+    await repository.record_episode(
+        conn=conn, fingerprint=key, episode=finding.episode, alert_id=int(latest["id"]), at=now
+    )
+
+
+async def _reopen(
+    conn: AsyncConn,
+    latest: dict[str, Any],
+    finding: Finding,
+    *,
+    key: str,
+    seen_at: datetime,
+    now: datetime,
+) -> AlertChange:
+    """The resolved alert fires again: the same incident continues (no new notification)."""
+    alert_id = int(latest["id"])
+    severity = max(Severity(latest["severity"]), finding.severity, key=lambda v: v.rank)
+    await repository.update_alert(
+        conn=conn,
+        alert_id=alert_id,
+        values={
+            "status": AlertStatus.FIRING.value,
+            "severity": severity.value,
+            "resolved_at": None,
+            "resolved_by": None,
+            "last_seen_at": seen_at,
+            "clear_streak": 0,
+            "occurrences": int(latest["occurrences"]) + 1,
+            **_evidence(finding),
+        },
+    )
+    if finding.episode:
+        await repository.record_episode(
+            conn=conn, fingerprint=key, episode=finding.episode, alert_id=alert_id, at=now
+        )
+    await repository.add_history(
+        conn=conn,
+        alert_id=alert_id,
+        action="reopened",
+        actor=SYSTEM,
+        from_status=latest["status"],
+        to_status=AlertStatus.FIRING.value,
+        severity=severity.value,
+        at=now,
+        note=finding.summary,
+        details={"episode": finding.episode, "value": finding.value},
+    )
+    return AlertChange(
+        "reopened",
+        alert_id,
+        finding.rule,
+        severity,
+        finding.site_id,
+        finding.device_id,
+        finding.summary,
+    )
+
+
+async def _fire(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChange | None:
+    key = fingerprint(finding.rule, finding.site_id, finding.device_id)
+    seen_at = _evidence_time(finding, now)
+    active = await repository.get_active(conn=conn, fingerprint=key)
+    repeat = bool(finding.episode) and await repository.episode_seen(
+        conn=conn, fingerprint=key, episode=str(finding.episode)
+    )
+    if repeat and (active is None or Severity(active["severity"]).rank >= finding.severity.rank):
+        return None  # this episode was raised already (and has not grown more severe)
+    if active is None:
+        latest = await repository.get_latest(conn=conn, fingerprint=key)
+        if latest is not None and latest["resolved_by"] == SYSTEM:
+            if seen_at <= latest["last_seen_at"]:
+                # Not news: a violation no later than what the resolved alert covered (e.g. a
+                # closed spell renamed as the data window slides past its start).
+                await _late_occurrence(conn, latest, finding, key, now)
+                return None
+            start = finding.started_at or seen_at
+            if start - latest["last_seen_at"] <= REOPEN_WITHIN:
+                return await _reopen(conn, latest, finding, key=key, seen_at=seen_at, now=now)
+    evidence = _evidence(finding)
     if active is None:
         alert_id = await repository.insert_alert(
             conn=conn,
