@@ -159,3 +159,45 @@ def test_table_and_json() -> None:
     assert data["overall"]["fn"] == 1
     assert data["false_alerts_per_1000_device_days"] == 20.0
     assert data["false_negatives"][0]["rule"] == "r.b"
+
+
+def test_a_storage_prewarning_is_reported_apart_and_not_scored() -> None:
+    overdue = "waste.storage_overdue"
+    window = Label(overdue, "s1", "d1", T0 + 12 * 60 * M, T0 + 13 * 60 * M, "sc", "f", T0)
+    reached = AlertRecord(overdue, "s1", "d1", T0 + 5 * M, severity="major")
+    # A compliant day elsewhere: the 36 h reminder that never became a violation.
+    reminder = AlertRecord(overdue, "s2", "d1", T0 + 5 * M, severity="warning")
+    # A warning-only alert cannot stand for a 48 h violation either.
+    short = AlertRecord(overdue, "s3", "d1", T0 + 5 * M, severity="warning")
+    label_s3 = Label(overdue, "s3", "d1", T0 + 12 * 60 * M, T0 + 13 * 60 * M, "sc", "g", T0)
+    ev = match([window, label_s3], [reached, reminder, short])
+    score = ev.score(overdue)
+    assert (score.tp, score.fp, score.fn) == (1, 0, 1)
+    assert ev.prewarnings == [reminder, short]
+    # Other rules and alerts of unknown severity are scored as before.
+    assert match([], [AlertRecord(overdue, "s1", "d1", T0)]).score().fp == 1
+    assert (
+        match([], [AlertRecord("device.offline", "s1", "d1", T0, severity="warning")]).score().fp
+        == 1
+    )
+    data = to_dict(ev + match([], [reminder]))
+    assert [a["severity"] for a in data["prewarnings"]] == ["warning", "warning", "warning"]
+    console = Console(record=True, width=140)
+    console.print(render_table(ev))
+    assert "pre-warnings (not scored): 2" in console.export_text()
+
+
+def test_alerts_from_platform_carry_the_highest_severity() -> None:
+    creds = {
+        "s1/d1": DeviceCredentials("dev-1", "dev-1", "pw", "mqtt://x:1884", "weijian/v1", "site-1")
+    }
+    row = {
+        "id": 3,
+        "rule": "waste.storage_overdue",
+        "site_id": "site-1",
+        "device_id": "dev-1",
+        "first_detected_at": T0,
+        "severity": "warning",
+    }
+    (alert,) = alerts_from_platform([row], creds, scenario="sc")
+    assert (alert.severity, alert.prewarning) == ("warning", True)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
+from weijian.alerts.models import Severity
 from weijian.simulator.labels import Label
 from weijian.simulator.provision import DeviceCredentials, id_maps
 from weijian.simulator.scenario import Scenario
@@ -26,6 +27,22 @@ class AlertRecord:
     detected_at: datetime
     scenario: str | None = None
     id: str | None = None
+    # The highest severity the alert reached (None: unknown, taken as a violation).
+    severity: str | None = None
+
+    @property
+    def prewarning(self) -> bool:
+        """A pre-warning that never reached its rule's violation severity."""
+        needed = VIOLATION_SEVERITY.get(self.rule)
+        if needed is None or self.severity is None:
+            return False
+        return Severity(self.severity).rank < needed.rank
+
+
+# Rules whose alerts start as a pre-warning below the violation (docs/rules.md): the 36 h
+# storage warning is a correct reminder on a compliant site, not a false violation, so an
+# alert that never reached the violation severity is reported apart and not scored.
+VIOLATION_SEVERITY: dict[str, Severity] = {"waste.storage_overdue": Severity.MAJOR}
 
 
 @dataclass(frozen=True)
@@ -85,6 +102,8 @@ class Evaluation:
     matches: list[Match] = field(default_factory=list)
     false_positives: list[AlertRecord] = field(default_factory=list)
     false_negatives: list[Label] = field(default_factory=list)
+    # Alerts that stayed pre-warnings (VIOLATION_SEVERITY): neither true nor false positives.
+    prewarnings: list[AlertRecord] = field(default_factory=list)
     # Device-days of the clean scenarios (no faults) and the false alerts raised in them.
     clean_device_days: float = 0.0
     clean_false_alerts: int = 0
@@ -123,6 +142,7 @@ class Evaluation:
             self.matches + other.matches,
             self.false_positives + other.false_positives,
             self.false_negatives + other.false_negatives,
+            self.prewarnings + other.prewarnings,
             self.clean_device_days + other.clean_device_days,
             self.clean_false_alerts + other.clean_false_alerts,
         )
@@ -146,12 +166,16 @@ def match(
     name one; and scenario, when both name one) was first detected within
     [label.earliest, label.window_end]; each alert matches at most one label (the earliest
     label first, the earliest alert in its window). Alerts left over are false positives.
+    Alerts that never reached their rule's violation severity (a 36 h storage pre-warning) are
+    neither: they are kept apart in `prewarnings`.
     `clean_device_days` > 0 declares the run clean: its false positives count towards false
     alerts per 1,000 device-days.
     """
-    pool = sorted((a for a in alerts if a.rule not in ignore_rules), key=lambda a: a.detected_at)
+    kept = [a for a in alerts if a.rule not in ignore_rules]
+    pool = sorted((a for a in kept if not a.prewarning), key=lambda a: a.detected_at)
     used = [False] * len(pool)
     out = Evaluation(clean_device_days=clean_device_days)
+    out.prewarnings = sorted((a for a in kept if a.prewarning), key=lambda a: a.detected_at)
     for label in sorted(labels, key=lambda lb: lb.detectable_at):
         if label.rule in ignore_rules:
             continue
@@ -183,8 +207,9 @@ def alerts_from_platform(
     credentials: Mapping[str, DeviceCredentials],
     scenario: str | None = None,
 ) -> list[AlertRecord]:
-    """AlertRecords from platform alerts (dicts with rule, site_id, device_id and
-    first_detected_at or started_at), translating platform ids to scenario keys."""
+    """AlertRecords from platform alerts (dicts with rule, site_id, device_id,
+    first_detected_at or started_at, and severity: the highest reached), translating
+    platform ids to scenario keys."""
     devices, sites = id_maps(credentials)
     out = []
     for row in rows:
@@ -204,6 +229,7 @@ def alerts_from_platform(
                 when,
                 scenario,
                 str(row["id"]) if row.get("id") is not None else None,
+                str(row["severity"]) if row.get("severity") is not None else None,
             )
         )
     return out
@@ -228,12 +254,17 @@ def render_table(evaluation: Evaluation, title: str = "Detection against ground 
             _fmt(score.latency_p95_s, 0),
             style=style,
         )
+    notes = []
     rate = evaluation.false_alerts_per_1000_device_days
     if rate is not None:
-        table.caption = (
+        notes.append(
             f"false alerts per 1,000 device-days on clean scenarios: {rate:.2f} "
             f"({evaluation.clean_false_alerts} in {evaluation.clean_device_days:.1f})"
         )
+    if evaluation.prewarnings:
+        notes.append(f"pre-warnings (not scored): {len(evaluation.prewarnings)}")
+    if notes:
+        table.caption = "; ".join(notes)
     return table
 
 
@@ -245,17 +276,20 @@ def to_dict(evaluation: Evaluation) -> dict[str, Any]:
         "false_alerts_per_1000_device_days": _round(evaluation.false_alerts_per_1000_device_days),
         "clean_device_days": round(evaluation.clean_device_days, 2),
         "false_negatives": [lb.to_dict() for lb in evaluation.false_negatives],
-        "false_positives": [
-            {
-                "rule": a.rule,
-                "site": a.site,
-                "device": a.device,
-                "scenario": a.scenario,
-                "detected_at": a.detected_at.isoformat(),
-                "id": a.id,
-            }
-            for a in evaluation.false_positives
-        ],
+        "false_positives": [_alert_dict(a) for a in evaluation.false_positives],
+        "prewarnings": [_alert_dict(a) for a in evaluation.prewarnings],
+    }
+
+
+def _alert_dict(alert: AlertRecord) -> dict[str, Any]:
+    return {
+        "rule": alert.rule,
+        "site": alert.site,
+        "device": alert.device,
+        "scenario": alert.scenario,
+        "detected_at": alert.detected_at.isoformat(),
+        "id": alert.id,
+        "severity": alert.severity,
     }
 
 
