@@ -641,6 +641,50 @@ def bench_ingest(
     _print_json(report)
 
 
+@bench_app.command("alerts")
+def bench_alerts(
+    sites: Annotated[
+        int, typer.Option(min=1, help="Plants of the simulated city (5 devices each).")
+    ] = 20,
+    duration: Annotated[float, typer.Option(min=1, help="Seconds of measured probing.")] = 60.0,
+    probe_interval: Annotated[
+        float, typer.Option(min=0.05, help="Seconds between probes (one new alert each).")
+    ] = 0.5,
+    warmup: Annotated[float, typer.Option(min=0, help="Seconds of probing not counted.")] = 10.0,
+    history: Annotated[
+        float, typer.Option(min=0, help="Seconds of device history the city sends first.")
+    ] = 1800.0,
+    keep: Annotated[bool, typer.Option(help="Keep the benchmark's database.")] = False,
+) -> None:
+    """Live alert latency: violating reading published → alert committed, under a city.
+
+    Runs `weijian up` on its own database and topic root; progress goes to stderr.
+    """
+    from weijian.bench import BenchError
+    from weijian.bench.alerts import AlertBenchConfig, run_alert_bench
+    from weijian.simulator.publisher import PublishError
+    from weijian.simulator.rawmqtt import RawMqttError
+
+    config = AlertBenchConfig(
+        sites=sites,
+        duration_s=duration,
+        probe_interval_s=probe_interval,
+        warmup_s=warmup,
+        history_s=history,
+        keep=keep,
+    )
+    settings = _settings()
+    try:
+        report = run_alert_bench(
+            settings, config, lambda line: typer.echo(f"bench: {line}", err=True)
+        )
+    except (BenchError, PublishError, RawMqttError) as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"broker {settings.mqtt.public_url} unavailable: {exc}") from None
+    _print_json(report)
+
+
 @app.command("score-csv")
 def score_csv(
     path: Annotated[str, typer.Argument(help="CSV of timestamp,value rows ('-' for stdin).")],

@@ -150,6 +150,12 @@ class BenchContext:
 
     def ingest(self, client_id: str, workers: int) -> IngestProcess:
         """The real ingest (`weijian ingest`) on this benchmark's database and topics."""
+        env = self.platform_env(client_id, workers)
+        return IngestProcess(env=env, workers=workers, log_path=self.scratch / "ingest.log")
+
+    def platform_env(self, client_id: str, workers: int) -> dict[str, str]:
+        """WEIJIAN_* settings of a platform process on this benchmark's database and topics;
+        its broker sessions (`client_id`-0 …) are forgotten at cleanup."""
         env = {
             "WEIJIAN_DATABASE_URL": self.url,
             "WEIJIAN_MQTT_URL": self.settings.mqtt_url,
@@ -166,7 +172,7 @@ class BenchContext:
             metrics_dir.mkdir(exist_ok=True)
             env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         self.client_ids.extend(f"{client_id}-{i}" for i in range(workers))
-        return IngestProcess(env=env, workers=workers, log_path=self.scratch / "ingest.log")
+        return env
 
     def await_ingest(self, ingest: IngestProcess, client_id: str, workers: int) -> None:
         """Wait until every worker has committed a probe message (so each is subscribed)."""

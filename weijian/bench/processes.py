@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
@@ -45,12 +45,21 @@ def _tail(path: Path, lines: int = 3) -> str:
 
 
 class IngestProcess:
-    """`weijian ingest --workers N` in a subprocess of its own session, with WEIJIAN_* settings."""
+    """`weijian ingest --workers N` (or another `weijian` command, e.g. `up`) in a subprocess of
+    its own session, with WEIJIAN_* settings."""
 
-    def __init__(self, *, env: dict[str, str], workers: int, log_path: Path) -> None:
+    def __init__(
+        self,
+        *,
+        env: dict[str, str],
+        workers: int,
+        log_path: Path,
+        command: Sequence[str] | None = None,
+    ) -> None:
         self._env = env
         self._workers = workers
         self._log_path = log_path
+        self._command = list(command or ("ingest", "--workers", str(workers)))
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -62,7 +71,7 @@ class IngestProcess:
     def start(self) -> None:
         with self._log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "weijian.cli", "ingest", "--workers", str(self._workers)],
+                [sys.executable, "-m", "weijian.cli", *self._command],
                 env={**os.environ, **self._env},
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -166,6 +166,21 @@ def probe_times(*, conn: Conn, device_id: str, metric: str, since: datetime) -> 
     return [r[0] for r in rows]
 
 
+def probe_stages(
+    *, conn: Conn, device_ids: Sequence[str], rule: str
+) -> dict[str, tuple[datetime | None, datetime | None]]:
+    """Per probe device: when the ingest received its first reading (`received_at`) and when
+    the evaluation that raised its alert of `rule` began (`detected_at`)."""
+    rows = conn.execute(
+        "SELECT d,"
+        " (SELECT min(r.received_at) FROM readings r WHERE r.device_id = d),"
+        " (SELECT min(a.detected_at) FROM alerts a WHERE a.device_id = d AND a.rule = %s)"
+        " FROM unnest(%s::text[]) AS d",
+        (rule, list(device_ids)),
+    ).fetchall()
+    return {str(r[0]): (r[1], r[2]) for r in rows}
+
+
 def verify_exactly_once(
     *, conn: Conn, device_prefix: str, expected: Iterable[tuple[str, int]], metrics: int
 ) -> Verification:

@@ -1,0 +1,43 @@
+"""The alert-latency benchmark at a tiny scale: every probe raises its alert, the report has
+every field, and the run leaves no database behind (no speed is asserted)."""
+
+from __future__ import annotations
+
+from weijian.bench import repository as repo
+from weijian.bench.alerts import AlertBenchConfig, run_alert_bench
+from weijian.bench.context import with_database
+from weijian.config import get_settings
+
+FIELDS = {
+    "machine": {"cores", "python", "postgres", "loadavg_at_start", "loadavg_at_end"},
+    "config": {"sites", "duration_s", "probe_interval_s", "rule", "target_s", "database"},
+    "probes": {"sent", "alerted", "missed"},
+    "latency": {"p50_s", "p95_s", "p99_s", "max_s", "p99_vs_target", "stages_p50_p99_s"},
+    "background": {"sites", "devices", "messages_per_s", "window_s"},
+    "detector": {"rounds", "sites_evaluated", "evaluation_s", "busy_fraction", "mean_s_per_site"},
+    "cpu": {"seconds", "machine_busy_pct"},
+}
+
+
+def test_every_probe_is_alerted_and_the_report_is_complete() -> None:
+    settings = get_settings(_env_file=None)
+    config = AlertBenchConfig(
+        sites=2, duration_s=3.0, probe_interval_s=0.5, warmup_s=1.0, history_s=60.0
+    )
+    lines: list[str] = []
+    report = run_alert_bench(settings, config, lines.append)
+
+    assert set(report) == set(FIELDS)
+    for part, fields in FIELDS.items():
+        assert fields <= set(report[part]), part
+    probes = report["probes"]
+    assert probes["sent"] >= 5
+    assert probes["alerted"] == probes["sent"]
+    assert probes["missed"] == 0
+    assert report["latency"]["p99_s"] is not None
+    assert set(report["latency"]["stages_p50_p99_s"]) == {"ingest", "to_evaluation", "evaluation"}
+    assert report["background"]["devices"] == 10
+    assert report["detector"]["rounds"] > 0
+    assert any("probes alerted" in line for line in lines)
+    admin = with_database(settings.database_url, "postgres")
+    assert not repo.database_exists(admin_url=admin, name=report["config"]["database"])
