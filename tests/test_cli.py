@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +154,25 @@ def test_unreachable_database_is_one_line() -> None:
     assert out.returncode == 1
     assert out.stderr.startswith("error: database unavailable")
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_eval_prints_overall_and_per_scenario_scores_and_reports_progress(
+    settings: Settings, tmp_path: Path
+) -> None:
+    scenario = tmp_path / "tiny.yaml"
+    scenario.write_text(
+        "name: tiny\nseed: 3\nstart: 2026-11-23T09:00:00+08:00\nduration: 2h\n"
+        "sites:\n  - {key: plant-t, name: 甲, kind: disinfection_plant, district: 东城区,"
+        ' shifts: ["09:00-16:00"], devices: [{key: steam-1, kind: steam_cabinet}]}\n'
+        "faults:\n  - {type: short_hold, at: 20m, site: plant-t, device: steam-1}\n",
+        encoding="utf-8",
+    )
+    out = weijian(settings, "eval", str(scenario), "--scan", "120", "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["overall"]["tp"] == 1
+    (run,) = report["scenarios"]
+    assert run["scenario"] == "tiny"
+    assert run["overall"] == report["overall"]
+    assert "eval tiny: 50% of 2 h simulated" in out.stderr
+    assert "eval tiny: done in" in out.stderr

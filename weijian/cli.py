@@ -565,6 +565,14 @@ def eval_(
             "device_days": round(r.device_days, 1),
             "wall_s": round(r.wall_s, 1),
             "detection_s": round(r.detection_s, 1),
+            # The same matching, for this scenario alone.
+            **{
+                k: v
+                for k, v in to_dict(
+                    match(r.labels, r.alerts, clean_device_days=r.device_days if r.clean else 0)
+                ).items()
+                if k in ("overall", "rules", "false_alerts_per_1000_device_days")
+            },
         }
         for r in results
     ]

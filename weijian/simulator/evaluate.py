@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -45,6 +46,13 @@ log = logging.getLogger(__name__)
 
 # How long to wait for ingest to commit a step before giving up on it.
 COMMIT_TIMEOUT_S = 60.0
+# Without a terminal, a progress line per this share of the scenario.
+PROGRESS_LINES = 10
+
+
+def _span(duration: timedelta) -> str:
+    hours = duration.total_seconds() / 3600
+    return f"{hours / 24:g} d" if hours >= 24 else f"{hours:g} h"
 
 
 @dataclass
@@ -129,6 +137,9 @@ class ScenarioEvaluation:
         )
         self.clock = ManualClock(scenario.start)
         self.detection_s = 0.0
+        self._progress_at = (
+            None if sys.stderr.isatty() else scenario.start + scenario.duration / PROGRESS_LINES
+        )
 
     def run(self) -> ScenarioResult:
         started = time.monotonic()
@@ -165,6 +176,7 @@ class ScenarioEvaluation:
         def on_step(sim_time: datetime) -> None:
             self._await_commit(ingestor, sink.published)
             _heard(listener, site_of, since)
+            self._report_progress(sim_time, started)
             if sim_time < self._next_scan and sim_time < self.scenario.end:
                 return
             while self._next_scan <= sim_time:
@@ -211,6 +223,20 @@ class ScenarioEvaluation:
             self.detection_s,
         )
 
+    def _report_progress(self, sim_time: datetime, started: float) -> None:
+        """`PROGRESS_LINES` lines on stderr over the run, for runs without a terminal (the
+        simulator draws a progress bar when there is one)."""
+        if self._progress_at is None or sim_time < self._progress_at:
+            return
+        self._progress_at += self.scenario.duration / PROGRESS_LINES
+        done = (sim_time - self.scenario.start) / self.scenario.duration
+        elapsed = time.monotonic() - started
+        sys.stderr.write(
+            f"eval {self.scenario.name}: {done:.0%} of {_span(self.scenario.duration)} simulated"
+            f" in {elapsed:.0f} s (detection {self.detection_s:.0f} s)\n"
+        )
+        sys.stderr.flush()
+
     @staticmethod
     def _await_commit(ingestor: TelemetryIngestor, published: int) -> None:
         deadline = time.monotonic() + COMMIT_TIMEOUT_S
@@ -251,5 +277,10 @@ def evaluate_paths(
     results = []
     for path, scenario in scenarios:
         log.info("evaluating %s (%s)", path, scenario.name)
-        results.append(ScenarioEvaluation(base, scenario, step=step, keep=keep, scan=scan).run())
+        result = ScenarioEvaluation(base, scenario, step=step, keep=keep, scan=scan).run()
+        sys.stderr.write(
+            f"eval {scenario.name}: done in {result.wall_s:.0f} s — {result.messages} messages,"
+            f" {len(result.labels)} labels, {len(result.alerts)} alert raises\n"
+        )
+        results.append(result)
     return results
