@@ -9,8 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.simulator.helpers import hospital, items, plant, run, scenario
+from tests.simulator.helpers import hospital, items, plant, run, scenario, site_data
 from tests.simulator.oracle import violations
+from weijian.alerts.detectors import catalogue
 from weijian.simulator.faults import FAULTS
 from weijian.simulator.labels import TOLERANCE
 from weijian.simulator.plan import plan_scenario
@@ -69,7 +70,9 @@ CASES = [
         "20h",
         _plant(_STEAM, _DISH, _LINE),
         "disinfection.released_undisinfected",
-        high=_M * 2,
+        # the second sample after the start, plus the clock-skew margin for evidence
+        low=_M * 5,
+        high=_M * 7,
     ),
     Case(
         "overdue_waste",
@@ -104,7 +107,9 @@ CASES = [
         "13h",
         hospital(profile=_COLD),
         "waste.cold_storage_temp_high",
-        high=_M * 60,
+        # the first warm sample plus the sustain time (waste.temp_sustain_min)
+        low=_M * 30,
+        high=_M * 90,
     ),
     Case(
         "no_uv",
@@ -339,3 +344,39 @@ def test_unknown_metric_is_refused() -> None:
         },
     )
     assert "no metric 'rpm'" in message
+
+
+# The label window against the detector itself: scanned every 5 min over the run's data (as
+# the platform's scheduled scan), the rule first fires inside [earliest, window_end].
+WINDOW_CASES = [
+    ("missing_bag", "scale-1", "8h", hospital(), "2d"),
+    ("cold_room_warm", "env-1", "13h", hospital(profile=_COLD), "1d"),
+    ("packing_without_disinfection", "line-1", "20h", _plant(_STEAM, _DISH, _LINE), "1d"),
+    ("overdue_waste", "scale-1", "11h", hospital(), "4d"),
+]
+
+
+@pytest.mark.parametrize("case", WINDOW_CASES, ids=[c[0] for c in WINDOW_CASES])
+def test_the_detector_fires_inside_the_label_window(
+    case: tuple[str, str, str, dict[str, Any], str],
+) -> None:
+    fault_type, device, at, site, duration = case
+    fault = {"type": fault_type, "at": at, "site": site["key"], "device": device}
+    sc = scenario([site], [fault], duration=duration)
+    sim, sink = run(sc)
+    (label,) = sim.labels
+    data = site_data(sink, sc, site["key"])
+    (detector,) = [d for d in catalogue() if d.rule.id == label.rule]
+    ref = f"{site['key']}/{device}"
+    scan = timedelta(minutes=5)
+    now = label.earliest - scan
+    first = None
+    while now <= label.window_end + scan:
+        if any(f.state == "firing" and f.device_id == ref for f in detector(data, now)):
+            first = now
+            break
+        now += scan
+    assert first is not None
+    assert label.earliest <= first <= label.window_end
+    # Within one scan of the moment the label says the violation became detectable.
+    assert first - label.detectable_at <= scan

@@ -60,7 +60,7 @@ DEFAULTS: dict[SiteKind, dict[str, Any]] = {
         "waste.max_storage_h": 48.0,
         "waste.warn_storage_h": 36.0,
         "waste.weight_tolerance_pct": 2.0,
-        "waste.bag_missing_grace_h": 12.0,
+        "waste.bag_missing_grace_h": 0.0,
         "waste.cold_storage_required": False,
         "waste.max_temp_c": 20.0,
         "waste.temp_sustain_min": 30.0,

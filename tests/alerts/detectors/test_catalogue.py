@@ -82,6 +82,8 @@ def troubled_store() -> SiteData:
             event(
                 "scale", at(minutes=5), "bag_in", bag_id="B", weight_kg=2.0, category="infectious"
             ),
+            # A sharps bag the (infectious-only) hand-over had no reason to take: overdue.
+            event("scale", at(minutes=9), "bag_in", bag_id="C", weight_kg=1.0, category="sharps"),
             event("scale", at(hours=1), "bag_out", bag_ids=["B"], weight_kg=2.5, manifest_no="M1"),
         ],
     )

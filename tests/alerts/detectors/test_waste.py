@@ -66,7 +66,8 @@ def test_hand_over_clears_and_a_late_one_is_a_closed_violation() -> None:
 
 def test_an_overdue_bag_keeps_the_alert_firing_despite_other_hand_overs() -> None:
     s = scale(
-        bag_in("OLD", at()),
+        # Sharps: the infectious-only hand-over had no reason to take it (not suspected lost).
+        bag_in("OLD", at(), category="sharps"),
         bag_in("NEW", at(hours=30)),
         bag_out(at(hours=31), ["NEW"], 2.0),
     )
@@ -119,20 +120,58 @@ def test_a_hand_over_with_an_unknown_bag_gets_no_weight_verdict() -> None:
     assert WEIGHT(s, at(hours=3)) == []
 
 
-def test_missing_bag_after_grace_exactly() -> None:
-    s = scale(
+def lost_bag(**overrides: float) -> SiteData:
+    events = (
         bag_in("LOST", at()),
         bag_in("B2", at(minutes=5)),
         bag_out(at(hours=1), ["B2"], 2.0),
     )
-    assert MISSING(s, at(hours=12, minutes=59)) == []
-    (finding,) = MISSING(s, at(hours=13))
+    return site(device(DeviceKind.WASTE_SCALE, events=events), overrides=overrides)
+
+
+def test_a_bag_is_missing_at_the_hand_over_that_leaves_it_out() -> None:
+    # DOMAIN: "bag missing at hand-over" — transporters take all waste, so the hand-over
+    # itself is the evidence (no grace by default).
+    s = lost_bag()
+    assert MISSING(s, at(minutes=59, seconds=59)) == []
+    (finding,) = MISSING(s, at(hours=1))
     assert finding.severity == "critical"
     assert finding.episode == "LOST"
     assert finding.ended_at is None
-    assert finding.value == 12.0
-    assert finding.limit == 12.0
+    assert (finding.value, finding.limit) == (0.0, 0.0)
     assert "疑似流失" in finding.summary
+    assert firing(MISSING(s, at(hours=30)))[0].value == 29.0
+
+
+def test_a_grace_for_supplementary_hand_overs_is_a_profile_setting() -> None:
+    s = lost_bag(**{"waste.bag_missing_grace_h": 12})
+    assert MISSING(s, at(hours=12, minutes=59)) == []
+    (finding,) = MISSING(s, at(hours=13))
+    assert (finding.value, finding.limit) == (12.0, 12.0)
+    # Within its grace the bag still counts as stored waste.
+    patient = lost_bag(**{"waste.bag_missing_grace_h": 40})
+    assert MISSING(patient, at(hours=37)) == []
+    assert [(f.episode, f.severity) for f in firing(OVERDUE(patient, at(hours=37)))] == [
+        ("LOST", "warning")
+    ]
+
+
+def test_a_missing_bag_is_not_also_overdue() -> None:
+    s = lost_bag()
+    assert firing(OVERDUE(s, at(hours=49))) == []
+    assert firing(MISSING(s, at(hours=49)))[0].episode == "LOST"
+
+
+def test_a_bag_weighed_in_while_the_transporter_loads_goes_next_time() -> None:
+    def weighed_before(minutes: int) -> SiteData:
+        return scale(
+            bag_in("B1", at()),
+            bag_in("LAST", at(hours=1, minutes=-minutes)),
+            bag_out(at(hours=1), ["B1"], 2.0),
+        )
+
+    assert firing(MISSING(weighed_before(4), at(hours=2))) == []
+    assert [f.episode for f in firing(MISSING(weighed_before(5), at(hours=2)))] == ["LAST"]
 
 
 def test_a_supplementary_hand_over_finds_the_bag() -> None:
@@ -142,6 +181,7 @@ def test_a_supplementary_hand_over_finds_the_bag() -> None:
         bag_out(at(hours=1), ["B2"], 2.0),
         bag_out(at(hours=20), ["LATE"], 2.0, manifest="M2"),
     )
+    assert [f.episode for f in firing(MISSING(s, at(hours=19)))] == ["LATE"]
     findings = MISSING(s, at(hours=21))
     assert firing(findings) == []
     assert clears(findings)[0].episode == "M2"

@@ -27,6 +27,9 @@ CATEGORY_ZH = {
 _SCALE = frozenset({DeviceKind.WASTE_SCALE})
 # Waste rules look at bags stored up to days before, plus their hand-over.
 _WASTE_LOOKBACK = timedelta(days=14)
+# A bag weighed in this shortly before a hand-over may be weighed while the transporter is
+# loading: it goes with the next hand-over, so leaving it out is not suspicious.
+HANDOVER_CUTOFF = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,11 @@ class Ledger:
 
     def in_store(self) -> list[Bag]:
         return [b for b in self.bags if b.out_at is None]
+
+    def missing(self, now: datetime, grace: timedelta) -> list[Bag]:
+        """Bags suspected lost: left out of a hand-over that took their kind of waste, and
+        still not handed over `grace` after it."""
+        return [b for b in self.in_store() if b.skipped_by and now - b.skipped_by[0].ts >= grace]
 
 
 def ledger(events: Sequence[Event], now: datetime) -> Ledger:
@@ -134,7 +142,7 @@ def _bag_out(event: Event, stored: dict[str, Bag]) -> Handover:
     )
     for bag in stored.values():
         same_kind = not handover.categories or bag.category in handover.categories
-        if bag.in_at < event.ts and (bag.category is None or same_kind):
+        if bag.in_at <= event.ts - HANDOVER_CUTOFF and (bag.category is None or same_kind):
             bag.skipped_by.append(handover)
     return handover
 
@@ -179,7 +187,8 @@ def store_clear(
 
 class StorageOverdueDetector(DeviceDetector):
     """`waste.storage_overdue`: a bag not handed over after the warning age (36 h, warning) or
-    beyond the limit (> 48 h, major); the limit itself is compliant ("不得超过").
+    beyond the limit (> 48 h, major); the limit itself is compliant ("不得超过"). A bag
+    suspected lost (`waste.bag_missing`) is not stored waste and is not judged here.
 
     Episode = bag id; severity rises on the same episode. A bag handed over late is a closed
     firing. The rule clears when no bag in store has reached the warning age, on the evidence
@@ -193,9 +202,14 @@ class StorageOverdueDetector(DeviceDetector):
     def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
         warn = timedelta(hours=site.profile.number("waste.warn_storage_h", device.device_id))
         limit = timedelta(hours=site.profile.number("waste.max_storage_h", device.device_id))
+        grace = timedelta(hours=site.profile.number("waste.bag_missing_grace_h", device.device_id))
         book = ledger(device.events, now)
+        # A bag suspected lost is `waste.bag_missing`'s, no longer stored waste getting older.
+        lost = {id(b) for b in book.missing(now, grace)}
         findings: list[Finding] = []
         for bag in book.bags:
+            if id(bag) in lost:
+                continue
             age = (bag.out_at or now) - bag.in_at
             if age > limit or (bag.out_at is None and age >= warn):
                 findings.append(
@@ -313,9 +327,7 @@ class BagMissingDetector(DeviceDetector):
         grace = timedelta(hours=site.profile.number("waste.bag_missing_grace_h", device.device_id))
         book = ledger(device.events, now)
         findings: list[Finding] = []
-        for bag in book.in_store():
-            if not bag.skipped_by or now - bag.skipped_by[0].ts < grace:
-                continue
+        for bag in book.missing(now, grace):
             skipped = bag.skipped_by[0]
             findings.append(
                 Finding(

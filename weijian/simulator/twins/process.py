@@ -267,7 +267,10 @@ class LineMeter(Twin):
             duration = duration_s(fault.options)
             packing.append((fault.at, fault.at + duration))
             first = ctx.sample_at_or_after(fault.at) + ctx.interval
-            self.violate("disinfection.released_undisinfected", fault, first)
+            # Evidence stamped up to the allowed clock skew after a packing still covers it,
+            # so the packing is provably uncovered only that long after it.
+            margin = ctx.limit("clock_skew.max_s")
+            self.violate("disinfection.released_undisinfected", fault, first + margin, start=first)
         self.packing = merge(packing)
         self._cumulative = [0.0]
         for a, b in self.packing:

@@ -239,11 +239,13 @@ class WasteStoreEnv(Twin):
         self._warm = [
             (f.at, f.at + duration_s(f.options), f) for f in self.faults_of("cold_room_warm")
         ]
+        # The rule fires on a spell at or above the limit lasting the sustain time.
+        sustain = ctx.limit("waste.temp_sustain_min") * 60.0
         for a, b, fault in self._warm:
             t = ctx.sample_at_or_after(a)
             while t < b:
                 if self._base(t) > self.limit + 0.3:
-                    self.violate("waste.cold_storage_temp_high", fault, t)
+                    self.violate("waste.cold_storage_temp_high", fault, t + sustain, start=t)
                     break
                 t += ctx.interval
         # Activity that a powered-off device would fail to report (checked by the planner).
