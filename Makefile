@@ -41,6 +41,7 @@ format: setup
 ## bench: ingest throughput/latency and alert latency (prints JSON; see docs/performance.md)
 bench: setup services
 	$(BIN)/weijian bench ingest
+	$(BIN)/weijian bench alerts
 
 stop:
 	@bash scripts/services.sh stop

@@ -507,36 +507,37 @@ def _scrape(port: int) -> dict[str, float] | None:
 def _detector(
     before: dict[str, float] | None, after: dict[str, float] | None, window: float
 ) -> dict[str, Any] | None:
-    """Evaluation rounds, sites and seconds in the window, from the platform's own metrics."""
+    """Evaluations, sites and seconds in the window, from the platform's own metrics. One
+    evaluation = one `DetectionLoop.evaluate` call: a whole scan, one stream site."""
     if before is None or after is None:
         return None
 
     def delta(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
 
-    rounds = delta("weijian_detector_evaluation_seconds_count{}")
+    calls = delta("weijian_detector_evaluation_seconds_count{}")
     seconds = delta("weijian_detector_evaluation_seconds_sum{}")
     sites = {
         t: delta(f"weijian_detector_evaluations_total{{trigger={t}}}") for t in _MEASURED_TRIGGERS
     }
-    # Rounds per histogram bucket: an upper bound of the slowest rounds.
+    # Evaluations per histogram bucket: an upper bound of the slowest one.
     buckets = {
         key.split("le=", 1)[1].rstrip("}"): delta(key)
         for key in after
         if key.startswith("weijian_detector_evaluation_seconds_bucket")
     }
-    slowest = next((le for le, n in buckets.items() if n >= rounds), None) if rounds else None
+    slowest = next((le for le, n in buckets.items() if n >= calls), None) if calls else None
     site_total = sum(sites.values())
     return {
         "source": "/metrics",
-        "rounds": int(rounds),
+        "evaluations": int(calls),
         "sites_evaluated": {t: int(n) for t, n in sites.items()},
         "evaluation_s": round(seconds, 3),
         "busy_fraction": round(seconds / window, 3),
-        "mean_round_s": round(seconds / rounds, 4) if rounds else None,
-        "mean_sites_per_round": round(site_total / rounds, 2) if rounds else None,
+        "mean_evaluation_s": round(seconds / calls, 4) if calls else None,
+        "mean_sites_per_evaluation": round(site_total / calls, 2) if calls else None,
         "mean_s_per_site": round(seconds / site_total, 4) if site_total else None,
-        "slowest_round_le_s": slowest,
+        "slowest_evaluation_le_s": slowest,
     }
 
 
