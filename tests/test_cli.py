@@ -176,3 +176,46 @@ def test_eval_prints_overall_and_per_scenario_scores_and_reports_progress(
     assert run["overall"] == report["overall"]
     assert "eval tiny: 50% of 2 h simulated" in out.stderr
     assert "eval tiny: done in" in out.stderr
+
+
+def _eval_databases(settings: Settings) -> set[str]:
+    import psycopg
+
+    admin = settings.database_url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin) as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'weijian_eval_%'"
+        ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def test_a_killed_eval_drops_its_database(settings: Settings, tmp_path: Path) -> None:
+    import signal
+
+    scenario = tmp_path / "long.yaml"
+    scenario.write_text(
+        "name: long\nseed: 3\nstart: 2026-11-23T09:00:00+08:00\nduration: 6h\nsites:\n"
+        "  - {key: plant-k, name: 乙, kind: disinfection_plant, district: 东城区}\n",
+        encoding="utf-8",
+    )
+    before = _eval_databases(settings)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEIJIAN_")}
+    env["WEIJIAN_DATABASE_URL"] = settings.database_url
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "weijian.cli", "eval", str(scenario), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # the first progress line: the run is under way
+        assert "eval long: 10% of 6 h simulated" in line
+        assert _eval_databases(settings) - before
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert not _eval_databases(settings) - before

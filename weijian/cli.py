@@ -549,9 +549,16 @@ def eval_(
     scenarios = [item for path in paths for item in load_scenarios(path)]
     if not scenarios:
         raise CliError(f"no scenarios in {' '.join(paths)}")
-    results = evaluate_paths(
-        settings, scenarios, step=timedelta(seconds=step), keep=keep, scan=timedelta(seconds=scan)
-    )
+    from weijian.signals import sigterm_interrupts
+
+    with sigterm_interrupts():  # each scenario's database is dropped when the run is killed
+        results = evaluate_paths(
+            settings,
+            scenarios,
+            step=timedelta(seconds=step),
+            keep=keep,
+            scan=timedelta(seconds=scan),
+        )
     labels = [label for r in results for label in r.labels]
     alerts = [alert for r in results for alert in r.alerts]
     clean_days = sum(r.device_days for r in results if r.clean)
@@ -835,7 +842,12 @@ def main() -> None:
         PermissionError,
     )
     try:
-        app(standalone_mode=False)
+        # Not standalone, typer turns Ctrl-C (and an explicit Exit) into a returned exit code.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            if code == 130:
+                sys.stderr.write("interrupted\n")
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
