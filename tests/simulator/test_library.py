@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytest
 from tests.simulator.helpers import run
 from tests.simulator.oracle import violations
 from weijian.alerts.rules import RULES
+from weijian.alerts.service import REOPEN_WITHIN
+from weijian.simulator.labels import Label
 from weijian.simulator.plan import plan_scenario
 from weijian.simulator.scenario import load_scenario, load_scenarios
 
@@ -29,6 +32,19 @@ def test_library_plans_and_covers_every_rule_twice() -> None:
     assert set(covered) == set(RULES) - _UNLABELLED
     for rule, where in covered.items():
         assert len(where) >= 2, rule
+
+
+def test_labels_of_one_fingerprint_are_separate_incidents() -> None:
+    # The platform folds violations of one (rule, site, device) less than REOPEN_WITHIN apart
+    # into one alert; two faults that close would rightly get one alert for two labels.
+    for _, sc in load_scenarios(LIBRARY):
+        by_target: dict[tuple[str, str, str | None], list[Label]] = defaultdict(list)
+        for label in plan_scenario(sc).labels:
+            by_target[(label.rule, label.site, label.device)].append(label)
+        for target, labels in by_target.items():
+            labels.sort(key=lambda lb: lb.detectable_at)
+            for a, b in itertools.pairwise(labels):
+                assert b.earliest - a.window_end > REOPEN_WITHIN, (sc.name, target)
 
 
 def test_clean_scenarios_exist() -> None:
