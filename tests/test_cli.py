@@ -219,3 +219,25 @@ def test_a_killed_eval_drops_its_database(settings: Settings, tmp_path: Path) ->
         proc.kill()
         proc.communicate()
     assert not _eval_databases(settings) - before
+
+
+def test_eval_runs_scenarios_in_parallel_and_reports_them_in_order(
+    settings: Settings, tmp_path: Path
+) -> None:
+    for name, fault in (("a-faulty", "short_hold"), ("b-clean", None)):
+        site = f"plant-{name[0]}"
+        faults = f"faults:\n  - {{type: {fault}, at: 20m, site: {site}, device: steam-1}}\n"
+        (tmp_path / f"{name}.yaml").write_text(
+            f"name: {name}\nseed: 5\nstart: 2026-11-23T09:00:00+08:00\nduration: 90m\n"
+            f"sites:\n  - {{key: {site}, name: 丙, kind: disinfection_plant,"
+            ' district: 东城区, shifts: ["09:00-16:00"],'
+            " devices: [{key: steam-1, kind: steam_cabinet}]}\n" + (faults if fault else ""),
+            encoding="utf-8",
+        )
+    out = weijian(settings, "eval", str(tmp_path), "--scan", "120", "--jobs", "2", "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert [r["scenario"] for r in report["scenarios"]] == ["a-faulty", "b-clean"]
+    assert report["overall"]["tp"] == 1
+    assert report["scenarios"][1]["false_alerts_per_1000_device_days"] == 0.0
+    assert out.stderr.count("done in") == 2

@@ -535,6 +535,9 @@ def eval_(
     ] = 300,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     keep: Annotated[bool, typer.Option(help="Keep each scenario's database.")] = False,
+    jobs: Annotated[
+        int, typer.Option(min=1, max=16, help="Scenarios evaluated at once (processes).")
+    ] = 1,
 ) -> None:
     """Run labelled scenarios through broker, ingest, detectors and alerts; score detection."""
     from datetime import timedelta
@@ -558,6 +561,7 @@ def eval_(
             step=timedelta(seconds=step),
             keep=keep,
             scan=timedelta(seconds=scan),
+            jobs=jobs,
         )
     labels = [label for r in results for label in r.labels]
     alerts = [alert for r in results for alert in r.alerts]
@@ -668,7 +672,7 @@ def bench_alerts(
     warmup: Annotated[float, typer.Option(min=0, help="Seconds of probing not counted.")] = 10.0,
     history: Annotated[
         float, typer.Option(min=0, help="Seconds of device history the city sends first.")
-    ] = 1800.0,
+    ] = 10800.0,
     keep: Annotated[bool, typer.Option(help="Keep the benchmark's database.")] = False,
 ) -> None:
     """Live alert latency: violating reading published → alert committed, under a city.

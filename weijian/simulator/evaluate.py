@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import multiprocessing.process
+import multiprocessing.queues
 import random
 import sys
 import time
@@ -35,6 +38,7 @@ from weijian.db.connection import connect
 from weijian.db.migrate import migrate
 from weijian.ingest.repository import NOTIFY_CHANNEL
 from weijian.ingest.worker import TelemetryIngestor
+from weijian.signals import sigterm_interrupts
 from weijian.simulator.engine import MessageSink, Simulation
 from weijian.simulator.labels import Label
 from weijian.simulator.matcher import AlertRecord, alerts_from_platform, device_days
@@ -265,6 +269,29 @@ def _heard(
             since[site_id] = min(earliest, since.get(site_id, earliest))
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One scenario to evaluate, as handed to a worker process."""
+
+    settings: Settings
+    path: Path
+    scenario: Scenario
+    step: timedelta
+    keep: bool
+    scan: timedelta | None
+
+    def run(self) -> ScenarioResult:
+        log.info("evaluating %s (%s)", self.path, self.scenario.name)
+        result = ScenarioEvaluation(
+            self.settings, self.scenario, step=self.step, keep=self.keep, scan=self.scan
+        ).run()
+        sys.stderr.write(
+            f"eval {self.scenario.name}: done in {result.wall_s:.0f} s — {result.messages}"
+            f" messages, {len(result.labels)} labels, {len(result.alerts)} alert raises\n"
+        )
+        return result
+
+
 def evaluate_paths(
     base: Settings,
     scenarios: Sequence[tuple[Path, Scenario]],
@@ -272,15 +299,55 @@ def evaluate_paths(
     step: timedelta,
     keep: bool = False,
     scan: timedelta | None = None,
+    jobs: int = 1,
 ) -> list[ScenarioResult]:
-    """Evaluate scenarios one after the other (each on its own database)."""
-    results = []
-    for path, scenario in scenarios:
-        log.info("evaluating %s (%s)", path, scenario.name)
-        result = ScenarioEvaluation(base, scenario, step=step, keep=keep, scan=scan).run()
-        sys.stderr.write(
-            f"eval {scenario.name}: done in {result.wall_s:.0f} s — {result.messages} messages,"
-            f" {len(result.labels)} labels, {len(result.alerts)} alert raises\n"
-        )
-        results.append(result)
-    return results
+    """Evaluate scenarios, each on its own database: one after the other, or `jobs` at a time
+    in worker processes (results in the order given)."""
+    if jobs < 1:
+        raise ValueError("jobs must be at least 1")
+    todo = [_Job(base, path, sc, step, keep, scan) for path, sc in scenarios]
+    if jobs == 1 or len(todo) == 1:
+        return [job.run() for job in todo]
+    return _evaluate_parallel(todo, jobs)
+
+
+def _worker(
+    index: int, job: _Job, out: multiprocessing.queues.Queue[tuple[int, ScenarioResult | str]]
+) -> None:
+    """A worker process: one scenario; SIGTERM still drops its database."""
+    with sigterm_interrupts():
+        try:
+            out.put((index, job.run()))
+        except KeyboardInterrupt:
+            out.put((index, "interrupted"))
+        except Exception as exc:
+            log.exception("evaluating %s failed", job.path)
+            out.put((index, f"{type(exc).__name__}: {exc}"))
+
+
+def _evaluate_parallel(todo: Sequence[_Job], jobs: int) -> list[ScenarioResult]:
+    ctx = multiprocessing.get_context("spawn")
+    out: multiprocessing.queues.Queue[tuple[int, ScenarioResult | str]] = ctx.Queue()
+    waiting = list(enumerate(todo))
+    running: dict[int, multiprocessing.process.BaseProcess] = {}
+    results: dict[int, ScenarioResult] = {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                index, job = waiting.pop(0)
+                started = ctx.Process(
+                    target=_worker, args=(index, job, out), name=f"eval-{job.scenario.name}"
+                )
+                started.start()
+                running[index] = started
+            index, outcome = out.get()
+            running.pop(index).join()
+            if isinstance(outcome, str):
+                raise RuntimeError(f"scenario {todo[index].path}: {outcome}")
+            results[index] = outcome
+    finally:
+        for proc in running.values():  # interrupted or failed: stop the others cleanly
+            proc.terminate()
+        for proc in running.values():
+            proc.join(timeout=60)
+    return [results[i] for i in range(len(todo))]
