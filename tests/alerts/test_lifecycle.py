@@ -447,3 +447,40 @@ async def test_a_silent_site_mutes_its_devices_offline_and_data_alerts(
             ("fired", "dev-2"),
             ("resolved", "-"),
         ]
+
+
+@pytest.mark.anyio
+async def test_a_spell_that_went_on_and_is_later_renamed_is_not_news(settings: Settings) -> None:
+    conn, site = await setup(settings, kind="disinfection_plant")
+    rule = "disinfection.exposure_short"
+
+    def spell(end: datetime | None, seen: datetime, episode: str = "speed@06:00") -> Finding:
+        return Finding(
+            rule=rule,
+            site_id=site,
+            device_id="dev-1",
+            state="firing",
+            started_at=NOW,
+            ended_at=end,
+            evidence_to=end or seen,
+            episode=episode,
+            summary="fast",
+        )
+
+    async with conn:
+        await service.apply_findings(conn=conn, findings=[spell(None, NOW)], now=NOW)
+        # The spell went on past the scan that saw it open, then ended.
+        end = NOW + timedelta(minutes=7)
+        later = NOW + timedelta(minutes=10)
+        ok = replace(spell(None, later), state="clear", evidence_to=later, ended_at=later)
+        await service.apply_findings(conn=conn, findings=[spell(end, later), ok], now=later)
+        (alert,) = await service.list_alerts(conn=conn)
+        assert (alert.status, alert.last_seen_at) == ("resolved", end)
+        # Hours later the window starts inside the spell: another name, nothing new.
+        renamed = spell(end, NOW + timedelta(hours=3), episode="speed@before:2026-11-23")
+        assert (
+            await service.apply_findings(
+                conn=conn, findings=[renamed], now=NOW + timedelta(hours=3)
+            )
+            == []
+        )

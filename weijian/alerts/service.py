@@ -255,7 +255,13 @@ async def _fire(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChange
         conn=conn, fingerprint=key, episode=str(finding.episode)
     )
     if repeat and (active is None or Severity(active["severity"]).rank >= finding.severity.rank):
-        return None  # this episode was raised already (and has not grown more severe)
+        # This episode was raised already (and has not grown more severe). Its evidence may
+        # have grown (a spell that went on): the alert's last violation moves with it.
+        if active is not None and seen_at > active["last_seen_at"]:
+            await repository.update_alert(
+                conn=conn, alert_id=int(active["id"]), values={"last_seen_at": seen_at}
+            )
+        return None
     if active is None:
         latest = await repository.get_latest(conn=conn, fingerprint=key)
         if latest is not None and latest["resolved_by"] == SYSTEM:
