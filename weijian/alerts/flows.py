@@ -84,6 +84,13 @@ async def load_site_data(
             readings, events = await _site_window(conn, starts, now)
         else:
             readings, events = await cache.window(conn, starts, now, late_since)
+        conflicts: dict[str, list[Reading]] = defaultdict(list)
+        if starts:
+            for r in await repository.conflicting_copies(
+                conn=conn, device_ids=list(starts), start=min(starts.values()), end=now
+            ):
+                if r.ts >= starts[r.device_id]:
+                    conflicts[r.device_id].append(r)
         device_data: dict[str, DeviceData] = {}
         for row in device_rows:
             device_id = str(row["id"])
@@ -95,6 +102,7 @@ async def load_site_data(
                 last_seen=row["last_seen_at"],
                 online=row["online"],
                 ordered=True,
+                conflicts=conflicts.get(device_id, ()),
             )
         first = device_rows[0]
         profile = build_profile(

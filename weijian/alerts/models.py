@@ -60,6 +60,10 @@ class DeviceData:
     online: bool | None = None
     # True when readings and events are each sorted by device time (as the loader returns them).
     ordered: bool = False
+    # Resent copies whose values differ from the stored reading of the same (metric, ts): ingest
+    # keeps them out of `readings` (dead letters `conflicting_duplicate`); the replay rule
+    # needs them.
+    conflicts: Sequence[Reading] = ()
     # Views derived from the data (a metric's series, a time slice, ...), computed once per
     # object: a dozen detectors look at the same device in one evaluation. Never copied by
     # `dataclasses.replace`, so a changed copy starts empty. Callers treat what it holds as

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
@@ -329,3 +330,29 @@ async def profile_changes(*, conn: AsyncConn, site_id: str) -> list[dict[str, An
         (site_id, site_id),
     )
     return list(await cur.fetchall())
+
+
+async def conflicting_copies(
+    *, conn: AsyncConn, device_ids: Sequence[str], start: datetime, end: datetime
+) -> list[Reading]:
+    """Resent readings that ingest kept out because their values differ from the stored ones
+    (dead letters `conflicting_duplicate`), with device time in [start, end]. Received after
+    the reading they contradict, so no earlier than `start`."""
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(
+            "SELECT device_id, payload, received_at FROM dead_letters"
+            " WHERE reason = 'conflicting_duplicate' AND device_id = ANY(%s)"
+            " AND received_at >= %s ORDER BY received_at",
+            (list(device_ids), start),
+        )
+        rows = await cur.fetchall()
+    out: list[Reading] = []
+    for device_id, payload, received_at in rows:
+        body = orjson.loads(payload)
+        ts = datetime.fromtimestamp(body["ts"] / 1000, UTC)
+        if start <= ts <= end:
+            out.extend(
+                Reading(ts, str(device_id), str(m), float(v), body.get("seq"), received_at)
+                for m, v in body["metrics"].items()
+            )
+    return out

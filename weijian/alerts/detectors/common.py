@@ -66,6 +66,7 @@ def _within(device: DeviceData, start: datetime, end: datetime) -> DeviceData:
         device,
         readings=_slice(device.readings, start, end, device.ordered),
         events=_slice(device.events, start, end, device.ordered),
+        conflicts=_slice(device.conflicts, start, end, ordered=False),
     )
     if device.ordered:
         # Each metric's series of the part is the same slice of the whole's (both in time

@@ -57,7 +57,10 @@ def _messages(device: DeviceData, now: datetime) -> list[Message]:
     received: dict[tuple[int, datetime], datetime | None] = {}
     conflicts: set[tuple[int, datetime]] = set()
     items: list[tuple[int | None, datetime, str, object, datetime | None]]
-    items = [(r.seq, r.ts, r.metric, r.value, r.received_at) for r in device.readings]
+    items = [
+        (r.seq, r.ts, r.metric, r.value, r.received_at)
+        for r in (*device.readings, *device.conflicts)
+    ]
     items += [
         (e.seq, e.ts, "@" + e.type, json.dumps(e.data, sort_keys=True, default=str), e.received_at)
         for e in device.events
