@@ -61,13 +61,13 @@ class AlertBenchConfig:
     probe_interval_s: float = 0.5
     warmup_s: float = 10.0
     # Device history the city sends (as a catch-up) before the clock-following part, so the
-    # detectors judge windows with data in them.
-    history_s: float = 1800.0
+    # detectors judge windows as full as in steady state (most data rules look back 2–3 h).
+    history_s: float = 10800.0
     # The simulator's publishing step: each step's messages go out once its time has passed.
     step_s: float = 1.0
     scan_interval_s: float = 30.0
     # A probe whose alert has not been announced this long after publishing counts as missed.
-    probe_timeout_s: float = 15.0
+    probe_timeout_s: float = 60.0
     keep: bool = False
 
     def __post_init__(self) -> None:
