@@ -123,7 +123,11 @@ class DetectionLoop:
             self._pending[device_id] = earliest if earliest is not None else known
 
     async def stream(self) -> None:
-        """Evaluate the sites of devices with new data, shortly after it is committed."""
+        """Evaluate the sites of devices with new data, shortly after it is committed.
+
+        A round takes the sites announced while the previous one ran and evaluates them one at
+        a time in the order their data arrived, each with its own `now`: a site whose data came
+        first is not kept waiting behind every site whose id sorts before it."""
         while True:
             await self._wakeup.wait()
             await asyncio.sleep(self._debounce)
@@ -137,7 +141,8 @@ class DetectionLoop:
                     site_id = sites.get(device_id)
                     if site_id is not None and earliest is not None:
                         since[site_id] = min(earliest, since.get(site_id, earliest))
-                await self.evaluate(sorted(set(sites.values())), "stream", since=since)
+                for site_id in arrival_order(pending, sites):
+                    await self.evaluate([site_id], "stream", since=since)
             except Exception:
                 log.exception("stream evaluation failed; the next scan will retry")
 
@@ -151,6 +156,12 @@ class DetectionLoop:
             except Exception:
                 log.exception("scheduled scan failed")
             await asyncio.sleep(self._scan_interval)
+
+
+def arrival_order(pending: Mapping[str, object], sites: Mapping[str, str]) -> list[str]:
+    """The sites of the pending devices (kept in the order they were first announced), each
+    once, in the order of their first device."""
+    return list(dict.fromkeys(sites[d] for d in pending if d in sites))
 
 
 class ModelTrainer:

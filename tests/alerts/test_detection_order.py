@@ -1,0 +1,83 @@
+"""The stream evaluates the sites of a round in the order their data arrived, one at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+
+import pytest
+
+from tests.factories import make_site
+from weijian.alerts.flows import EvaluationResult
+from weijian.alerts.jobs import DetectionLoop, arrival_order
+from weijian.clock import ManualClock
+from weijian.config import Settings
+from weijian.db.connection import connect, open_pool
+from weijian.devices import repository as devices_repo
+
+NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+
+
+def test_arrival_order_keeps_first_announcement_and_drops_unknown_devices() -> None:
+    pending = {"d-z1": None, "d-a1": None, "gone": None, "d-z2": None, "d-m1": None}
+    sites = {"d-z1": "z", "d-z2": "z", "d-a1": "a", "d-m1": "m"}
+    assert arrival_order(pending, sites) == ["z", "a", "m"]
+
+
+class _Recording(DetectionLoop):
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.calls: list[tuple[list[str], dict[str, datetime]]] = []
+
+    async def evaluate(
+        self, site_ids: Sequence[str], trigger: str, since: Mapping[str, datetime] | None = None
+    ) -> EvaluationResult:
+        self.calls.append((list(site_ids), dict(since or {})))
+        return EvaluationResult()
+
+
+@pytest.mark.anyio
+async def test_stream_evaluates_sites_one_at_a_time_in_arrival_order(settings: Settings) -> None:
+    late = await make_site(settings, site_id="s-zz-first")
+    early = await make_site(settings, site_id="s-aa-second")
+    conn = await connect(settings.database_url)
+    async with conn:
+        for device_id, site_id in (("dz", late), ("da", early)):
+            await devices_repo.insert_device(
+                conn=conn,
+                device_id=device_id,
+                site_id=site_id,
+                kind="dish_machine",
+                name=None,
+                interval_s=10,
+            )
+    pool = await open_pool(settings.database_url, min_size=1, max_size=2)
+    try:
+        loop = _Recording(
+            database_url=settings.database_url,
+            pool=pool,
+            detectors=[],
+            clock=ManualClock(NOW),
+            rng=random.Random(1),
+            sign="test",
+            debounce_s=0.01,
+        )
+        earliest_ms = int(NOW.timestamp() * 1000)
+        loop._note("dz", earliest_ms)
+        loop._note("da", None)
+        loop._note("dz", earliest_ms - 1000)
+        loop._wakeup.set()
+        task = asyncio.create_task(loop.stream())
+        for _ in range(200):
+            if len(loop.calls) == 2:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        await pool.close()
+    assert [sites for sites, _ in loop.calls] == [[late], [early]]
+    assert loop.calls[0][1] == {late: datetime.fromtimestamp(earliest_ms / 1000 - 1, UTC)}
