@@ -508,7 +508,7 @@ def _detector(
     before: dict[str, float] | None, after: dict[str, float] | None, window: float
 ) -> dict[str, Any] | None:
     """Evaluations, sites and seconds in the window, from the platform's own metrics. One
-    evaluation = one `DetectionLoop.evaluate` call: a whole scan, one stream site."""
+    evaluation = one `DetectionLoop.evaluate` call: a whole scan, or one site of a stream round."""
     if before is None or after is None:
         return None
 
