@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 
 import pytest
@@ -30,11 +30,17 @@ class _Recording(DetectionLoop):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.calls: list[tuple[list[str], dict[str, datetime]]] = []
+        self.focus: list[dict[str, set[str]]] = []
 
     async def evaluate(
-        self, site_ids: Sequence[str], trigger: str, since: Mapping[str, datetime] | None = None
+        self,
+        site_ids: Sequence[str],
+        trigger: str,
+        since: Mapping[str, datetime] | None = None,
+        focus: Mapping[str, Collection[str]] | None = None,
     ) -> EvaluationResult:
         self.calls.append((list(site_ids), dict(since or {})))
+        self.focus.append({k: set(v) for k, v in (focus or {}).items()})
         return EvaluationResult()
 
 
@@ -81,3 +87,5 @@ async def test_stream_evaluates_sites_one_at_a_time_in_arrival_order(settings: S
         await pool.close()
     assert [sites for sites, _ in loop.calls] == [[late], [early]]
     assert loop.calls[0][1] == {late: datetime.fromtimestamp(earliest_ms / 1000 - 1, UTC)}
+    # Each site is judged for its devices with new data (a presence-only change counts).
+    assert loop.focus[0] == {late: {"dz"}, early: {"da"}}

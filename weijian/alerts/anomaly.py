@@ -279,7 +279,7 @@ class AnomalyDetector:
 
     def __call__(self, site: SiteData, now: datetime) -> list[Finding]:
         findings: list[Finding] = []
-        for device in site.of_kind(*sorted(self.device_kinds)):
+        for device in site.judged(*sorted(self.device_kinds)):
             model = self.models.get(device.device_id)
             if model is None or model.kind != device.kind:
                 continue

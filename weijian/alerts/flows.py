@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -51,12 +51,15 @@ async def load_site_data(
     now: datetime,
     since: Mapping[str, datetime] | None = None,
     cache: WindowCache | None = None,
+    focus: Mapping[str, Collection[str]] | None = None,
 ) -> list[SiteData]:
     """Each site's devices with the readings and events the detectors need, up to `now`.
 
     `since` (site → earliest device time of newly arrived data) widens the window so that a
     backlog sent after an outage is judged too, not only the last `lookback`. With a `cache`,
-    only what arrived since the previous evaluation is read (alerts/windows.py).
+    only what arrived since the previous evaluation is read (alerts/windows.py). `focus`
+    (site → devices with new data) narrows what the per-device detectors judge; a site not in
+    it is judged whole.
     """
     rows = await repository.site_devices(conn=conn, site_ids=site_ids)
     if not rows:
@@ -114,8 +117,16 @@ async def load_site_data(
                 for r in device_rows
             },
         )
+        chosen = (focus or {}).get(site_id)
         sites.append(
-            SiteData(site_id, SiteKind(str(first["site_kind"])), device_data, profile, late_since)
+            SiteData(
+                site_id,
+                SiteKind(str(first["site_kind"])),
+                device_data,
+                profile,
+                late_since,
+                None if chosen is None else frozenset(chosen),
+            )
         )
     return sites
 
@@ -140,8 +151,8 @@ async def _site_window(
 
 
 def run_detectors(site: SiteData, detectors: Sequence[Detector], now: datetime) -> list[Finding]:
-    """All findings of the detectors that apply to the site's devices (pure)."""
-    kinds = {d.kind for d in site.devices.values()}
+    """All findings of the detectors that apply to the site's devices in focus (pure)."""
+    kinds = site.focus_kinds()
     findings: list[Finding] = []
     for detector in detectors:
         if detector.device_kinds & kinds:
@@ -251,11 +262,18 @@ async def evaluate_sites(
     sign: str,
     since: Mapping[str, datetime] | None = None,
     cache: WindowCache | None = None,
+    focus: Mapping[str, Collection[str]] | None = None,
 ) -> EvaluationResult:
     """Run the detectors over the sites and commit what follows, one transaction per site."""
     result = EvaluationResult()
     for site in await load_site_data(
-        conn=conn, site_ids=site_ids, detectors=detectors, now=now, since=since, cache=cache
+        conn=conn,
+        site_ids=site_ids,
+        detectors=detectors,
+        now=now,
+        since=since,
+        cache=cache,
+        focus=focus,
     ):
         findings = run_detectors(site, detectors, now)
         result.findings += len(findings)

@@ -6,7 +6,8 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -64,7 +65,11 @@ class DetectionLoop:
         self._windows = WindowCache()
 
     async def evaluate(
-        self, site_ids: Sequence[str], trigger: str, since: Mapping[str, datetime] | None = None
+        self,
+        site_ids: Sequence[str],
+        trigger: str,
+        since: Mapping[str, datetime] | None = None,
+        focus: Mapping[str, Collection[str]] | None = None,
     ) -> EvaluationResult:
         started = time.monotonic()
         async with self._pool.connection() as conn:
@@ -77,6 +82,7 @@ class DetectionLoop:
                 sign=self._sign,
                 since=since,
                 cache=self._windows,
+                focus=focus,
             )
         EVALUATIONS.labels(trigger).inc(len(site_ids))
         EVALUATION_SECONDS.observe(time.monotonic() - started)
@@ -127,7 +133,10 @@ class DetectionLoop:
 
         A round takes the sites announced while the previous one ran and evaluates them one at
         a time in the order their data arrived, each with its own `now`: a site whose data came
-        first is not kept waiting behind every site whose id sorts before it."""
+        first is not kept waiting behind every site whose id sorts before it. Only the devices
+        with new data are judged (and the detectors across devices of their kinds); the
+        scheduled scan judges every device, so a device's clears and silences are never left
+        out for longer than a scan interval."""
         while True:
             await self._wakeup.wait()
             await asyncio.sleep(self._debounce)
@@ -137,12 +146,16 @@ class DetectionLoop:
                 async with self._pool.connection() as conn:
                     sites = await repository.site_of_device(conn=conn, device_ids=list(pending))
                 since: dict[str, datetime] = {}
+                focus: dict[str, set[str]] = defaultdict(set)
                 for device_id, earliest in pending.items():
                     site_id = sites.get(device_id)
-                    if site_id is not None and earliest is not None:
+                    if site_id is None:
+                        continue
+                    focus[site_id].add(device_id)
+                    if earliest is not None:
                         since[site_id] = min(earliest, since.get(site_id, earliest))
                 for site_id in arrival_order(pending, sites):
-                    await self.evaluate([site_id], "stream", since=since)
+                    await self.evaluate([site_id], "stream", since=since, focus=focus)
             except Exception:
                 log.exception("stream evaluation failed; the next scan will retry")
 

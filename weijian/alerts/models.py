@@ -109,6 +109,10 @@ class SiteData:
     # Earliest device time of late data just received (a backlog): detectors look back from
     # there as well as from `now`, so old data arriving late is still judged.
     late_since: datetime | None = None
+    # The devices this evaluation is about (those with new data), or None for all of them: a
+    # per-device detector judges only these; a detector across devices (release, daily UV)
+    # runs when one of them is of its kinds. The scheduled scan judges every device.
+    focus: frozenset[str] | None = None
 
     def window_start(self, now: datetime, lookback: timedelta) -> datetime:
         """Start of the data a detector with `lookback` judges at `now`."""
@@ -117,6 +121,16 @@ class SiteData:
 
     def of_kind(self, *kinds: DeviceKind) -> list[DeviceData]:
         return [d for d in self.devices.values() if d.kind in kinds]
+
+    def judged(self, *kinds: DeviceKind) -> list[DeviceData]:
+        """The devices of `kinds` a per-device detector judges in this evaluation."""
+        return [d for d in self.of_kind(*kinds) if self.focus is None or d.device_id in self.focus]
+
+    def focus_kinds(self) -> frozenset[DeviceKind]:
+        """The kinds of the devices in focus (all the site's kinds without a focus)."""
+        return frozenset(
+            d.kind for d in self.devices.values() if self.focus is None or d.device_id in self.focus
+        )
 
 
 class Profile:

@@ -44,7 +44,7 @@ class DeviceDetector:
 
     def __call__(self, site: SiteData, now: datetime) -> list[Finding]:
         findings: list[Finding] = []
-        for device in site.of_kind(*sorted(self.device_kinds)):
+        for device in site.judged(*sorted(self.device_kinds)):
             start = site.window_start(now, self.lookback)
             recent = within(device, start, now) if self.by_device_time else device
             findings.extend(settle(self.judge(site, recent, now)))
