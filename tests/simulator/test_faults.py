@@ -144,19 +144,21 @@ CASES = [
         high=_M * 15,
         params={"duration": "2h"},
     ),
-    Case("stuck_sensor", "env-1", "1h", hospital(), "data.flatline", low=_M * 30, high=_M * 31),
+    # the detector's window for the kind: store 90 min, chlorine 60 min
+    Case("stuck_sensor", "env-1", "1h", hospital(), "data.flatline", low=_M * 90, high=_M * 91),
     Case(
         "stuck_sensor",
         "chlorine-1",
         "10h",
         _plant(_TANK),
         "data.flatline",
-        low=_M * 30,
-        high=_M * 31,
+        low=_M * 60,
+        high=_M * 61,
     ),
     Case("out_of_range", "steam-1", "1h", _plant(_STEAM), "data.out_of_range", high=_M * 0.2),
     Case("out_of_range", "env-1", "5h", hospital(), "data.out_of_range", high=_M),
-    Case("clock_skew", "line-1", "1h", _plant(_LINE), "data.clock_skew", high=_M),
+    # provable with the first message of the second skewed 5-min bucket
+    Case("clock_skew", "line-1", "1h", _plant(_LINE), "data.clock_skew", low=_M * 5, high=_M * 11),
     Case(
         "clock_skew",
         "scale-1",
@@ -167,9 +169,24 @@ CASES = [
         params={"offset": "-20m"},
     ),
     Case(
-        "sequence_gap", "scale-1", "10h", hospital(), "data.sequence_gap", high=timedelta(hours=4)
+        "sequence_gap",
+        "scale-1",
+        "10h",
+        hospital(),
+        "data.sequence_gap",
+        low=_M * 5,
+        high=timedelta(hours=4, minutes=5),
     ),
-    Case("sequence_gap", "dish-1", "7h", _plant(_DISH), "data.sequence_gap", high=_M * 0.2),
+    # the first message after the jump plus seq.gap_grace_s
+    Case(
+        "sequence_gap",
+        "dish-1",
+        "7h",
+        _plant(_DISH),
+        "data.sequence_gap",
+        low=_M * 5,
+        high=_M * 5.2,
+    ),
     Case("replay", "chlorine-1", "2h", _plant(_TANK), "data.replay", high=_M * 0),
     Case(
         "replay",

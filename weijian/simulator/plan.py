@@ -280,7 +280,7 @@ class _Planner:
             )
             return
         if isinstance(options, StuckSensor):
-            window = float(profile.as_dict().get("flatline.window_s", DEFAULT_FLATLINE_WINDOW_S))
+            window = _flatline_window_s(profile, spec)
             if options.duration.total_seconds() < window + 600:
                 raise ScenarioError(
                     f"{name}: duration must be at least the flat-line window "
@@ -303,6 +303,16 @@ class _Planner:
         ):
             raise ScenarioError(f"{name}: the device has sent nothing before it, so no gap shows")
         at = fault.at if isinstance(options, Replay) else first
+        if isinstance(options, ClockSkew):
+            # The skew must hold in `clock_skew.min_buckets` consecutive buckets of receive
+            # time: provable with the first message of the last of them.
+            bucket = profile.number("clock_skew.bucket_s", spec.key)
+            buckets = profile.number("clock_skew.min_buckets", spec.key)
+            last_bucket = (first // bucket + buckets - 1) * bucket
+            at = self._first_message(twin, max(first, last_bucket), has_metrics)
+        if fault.type == "sequence_gap":
+            # A gap counts once the message after it has been in for the grace time.
+            at = first + profile.number("seq.gap_grace_s", spec.key)
         if at >= self.end:
             raise ScenarioError(f"{name}: the device sends nothing after it before the end")
         self._label(rules[0], site, spec.key, fault.index, at)
@@ -400,3 +410,21 @@ def _quiet_window(fault: PlannedFault, interval: float) -> Window | None:
     if isinstance(options, Replay):
         return (fault.at - options.age.total_seconds() - _MARGIN_S, fault.at + _MARGIN_S)
     return None
+
+
+# The flat-line window of the detector per device kind (docs/rules.md §4), in minutes.
+_FLATLINE_WINDOW_MIN = {
+    DeviceKind.DISH_MACHINE: "flatline.dish_window_min",
+    DeviceKind.CHLORINE_TANK: "flatline.chlorine_window_min",
+    DeviceKind.LINE_METER: "flatline.line_window_min",
+    DeviceKind.WASTE_STORE_ENV: "flatline.store_window_min",
+}
+
+
+def _flatline_window_s(profile: Profile, spec: DeviceSpec) -> float:
+    """How long a stuck value must last before `data.flatline` can fire on this device."""
+    key = _FLATLINE_WINDOW_MIN.get(spec.kind)
+    values = profile.as_dict()
+    if key is not None and key in values:
+        return profile.number(key, spec.key) * 60.0
+    return float(values.get("flatline.window_s", DEFAULT_FLATLINE_WINDOW_S))
