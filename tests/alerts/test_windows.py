@@ -142,7 +142,7 @@ async def test_a_late_backlog_announced_by_ingest_is_loaded_in_full(settings: Se
 
 
 @pytest.mark.anyio
-async def test_a_window_reaching_further_back_or_a_clock_going_back_loads_in_full(
+async def test_a_window_reaching_further_back_reads_only_the_missing_head(
     settings: Settings,
 ) -> None:
     insert(settings, [r for m in range(0, 120) for d in DEVICES for r in minute_of(d, m)])
@@ -151,12 +151,34 @@ async def test_a_window_reaching_further_back_or_a_clock_going_back_loads_in_ful
     async with conn:
         now = T0 + timedelta(minutes=110)
         await cache.window(conn, dict.fromkeys(DEVICES, now - LOOKBACK), now)
-        wider = dict.fromkeys(DEVICES, now - 2 * LOOKBACK)
-        got, _ = await cache.window(conn, wider, now)
-        want, _ = await full(conn, wider, now)
-        assert keys(got["dev-a"]) == keys(want["dev-a"])
+        read = cache.stats.rows_read
+        # The stream widens a window by the earliest new device time: ten minutes further back.
+        wider = dict.fromkeys(DEVICES, now - LOOKBACK - timedelta(minutes=10))
+        got_r, got_e = await cache.window(conn, wider, now)
+        want_r, want_e = await full(conn, wider, now)
+        for device in DEVICES:
+            assert keys(got_r[device]) == keys(want_r[device])
+            assert keys(got_e[device]) == keys(want_e[device])
+        assert cache.stats.full_loads == 2
+        # The ten minutes before, plus the overlap at the end: 2 devices × 2 metrics × 15.
+        assert cache.stats.rows_read - read == 2 * 2 * 15
+
+
+@pytest.mark.anyio
+async def test_an_evaluation_at_an_earlier_time_still_gets_exactly_its_window(
+    settings: Settings,
+) -> None:
+    insert(settings, [r for m in range(0, 240) for d in DEVICES for r in minute_of(d, m)])
+    cache = WindowCache()
+    conn = await connect(settings.database_url)
+    async with conn:
+        await check_same(cache, conn, T0 + timedelta(minutes=110))
+        # A scan that began before the stream's last evaluation, then a rewind past the window.
+        await check_same(cache, conn, T0 + timedelta(minutes=109, seconds=30))
+        assert cache.stats.full_loads == 2
+        await check_same(cache, conn, T0 + timedelta(minutes=40))
         assert cache.stats.full_loads == 4
-        await check_same(cache, conn, T0 + timedelta(minutes=100))  # backtest-style rewind
+        await check_same(cache, conn, T0 + timedelta(minutes=230))  # far ahead: all new
         assert cache.stats.full_loads == 6
 
 

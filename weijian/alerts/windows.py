@@ -7,9 +7,10 @@ the cost of an evaluation. The cache holds, per device, the rows of device time
 [start, end] it last loaded; the next request for the device reads only rows with device
 time after `end − overlap` and merges them (the overlap absorbs in-time rows committed out
 of order). Data older than that arrives only as a late backlog, and ingest announces its
-earliest device time (the `since` of the evaluation); such a device, or a request reaching
-further back than what is held, is loaded again in full. What the detectors see is
-therefore exactly what a full load would return.
+earliest device time (the `since` of the evaluation); such a device is loaded again in full.
+A window reaching further back than what is held (the stream widens it by the earliest new
+device time) reads just the missing head. What the detectors see is therefore exactly what
+a full load would return.
 
 Memory is bounded: past `max_rows` rows in all, the least recently used devices are dropped
 (and loaded in full when next needed).
@@ -34,6 +35,21 @@ _Timed = TypeVar("_Timed", Reading, Event)
 # committed slightly out of order (several ingest workers, a batch in flight) are not missed.
 DEFAULT_OVERLAP = timedelta(minutes=5)
 DEFAULT_MAX_ROWS = 5_000_000
+
+
+@dataclass(frozen=True)
+class _Span:
+    """Device times to read: (lo, hi], or [lo, hi] / [lo, hi) as the flags say."""
+
+    lo: datetime
+    hi: datetime
+    lo_in: bool
+    hi_in: bool = True
+
+    def holds(self, ts: datetime) -> bool:
+        above = ts >= self.lo if self.lo_in else ts > self.lo
+        below = ts <= self.hi if self.hi_in else ts < self.hi
+        return above and below
 
 
 @dataclass
@@ -93,21 +109,28 @@ class WindowCache:
     ) -> tuple[dict[str, list[Reading]], dict[str, list[Event]]]:
         """Each device's readings and events with device time in [its start, now], sorted by
         device time; `late_since` is the earliest device time of data just announced."""
-        full: dict[str, datetime] = {}
-        tail: dict[str, datetime] = {}
+        full: dict[str, _Span] = {}
+        tail: dict[str, _Span] = {}
+        head: dict[str, _Span] = {}
         for device_id, start in starts.items():
             held = self._held.get(device_id)
             if (
                 held is None
-                or start < held.start
-                or now < held.end
+                or now <= held.start
+                or start > held.end - self.overlap
                 or (late_since is not None and late_since <= held.end - self.overlap)
             ):
-                full[device_id] = start
-            else:
-                tail[device_id] = max(held.end - self.overlap, start)
-        fresh_r, fresh_e = await self._read(conn, full, now, inclusive=True)
-        new_r, new_e = await self._read(conn, tail, now, inclusive=False)
+                full[device_id] = _Span(start, now, lo_in=True)
+                continue
+            # An evaluation at an earlier `now` than the last (the scan and the stream
+            # interleave) keeps what is held up to its own overlap and re-reads after it.
+            cut = max(min(held.end, now) - self.overlap, start)
+            tail[device_id] = _Span(cut, now, lo_in=False)
+            if start < held.start:  # the window reaches further back: read just that part
+                head[device_id] = _Span(start, held.start, lo_in=True, hi_in=False)
+        fresh_r, fresh_e = await self._read(conn, full)
+        new_r, new_e = await self._read(conn, tail)
+        head_r, head_e = await self._read(conn, head)
         self.stats.full_loads += len(full)
         self.stats.incremental_loads += len(tail)
 
@@ -118,12 +141,14 @@ class WindowCache:
                 held = _Held(start, now, fresh_r.get(device_id, []), fresh_e.get(device_id, []))
             else:
                 old = self._held[device_id]
-                cut = tail[device_id]
+                cut = tail[device_id].lo
                 held = _Held(
                     start,
                     now,
-                    _merge(old.readings, start, cut, new_r.get(device_id, [])),
-                    _merge(old.events, start, cut, new_e.get(device_id, [])),
+                    _merge(
+                        head_r.get(device_id, []), old.readings, start, cut, new_r.get(device_id)
+                    ),
+                    _merge(head_e.get(device_id, []), old.events, start, cut, new_e.get(device_id)),
                 )
             self._store(device_id, held)
             readings[device_id] = held.readings
@@ -132,20 +157,21 @@ class WindowCache:
         return readings, events
 
     async def _read(
-        self, conn: AsyncConn, after: Mapping[str, datetime], now: datetime, *, inclusive: bool
+        self, conn: AsyncConn, spans: Mapping[str, _Span]
     ) -> tuple[dict[str, list[Reading]], dict[str, list[Event]]]:
-        """Rows of each device after its own time (from it, when `inclusive`) up to `now`:
-        one query per table for all the devices."""
+        """Each device's rows within its own span: one query per table for all the devices."""
         readings: dict[str, list[Reading]] = defaultdict(list)
         events: dict[str, list[Event]] = defaultdict(list)
-        if not after:
+        if not spans:
             return readings, events
-        ids, first = list(after), min(after.values())
-        for r in await repository.readings_between(conn=conn, device_ids=ids, start=first, end=now):
-            if r.ts > after[r.device_id] or (inclusive and r.ts == after[r.device_id]):
+        ids = list(spans)
+        lo = min(s.lo for s in spans.values())
+        hi = max(s.hi for s in spans.values())
+        for r in await repository.readings_between(conn=conn, device_ids=ids, start=lo, end=hi):
+            if spans[r.device_id].holds(r.ts):
                 readings[r.device_id].append(r)
-        for e in await repository.events_between(conn=conn, device_ids=ids, start=first, end=now):
-            if e.ts > after[e.device_id] or (inclusive and e.ts == after[e.device_id]):
+        for e in await repository.events_between(conn=conn, device_ids=ids, start=lo, end=hi):
+            if spans[e.device_id].holds(e.ts):
                 events[e.device_id].append(e)
         self.stats.rows_read += sum(map(len, readings.values())) + sum(map(len, events.values()))
         return readings, events
@@ -166,14 +192,21 @@ class WindowCache:
             self.stats.evictions += 1
 
 
-def _merge(held: list[_Timed], start: datetime, cut: datetime, new: list[_Timed]) -> list[_Timed]:
-    """`held` from `start` up to and including `cut`, then `new` (rows after `cut`): a new
-    list — the previous one may still be in a detector's hands."""
+def _merge(
+    head: list[_Timed],
+    held: list[_Timed],
+    start: datetime,
+    cut: datetime,
+    tail: list[_Timed] | None,
+) -> list[_Timed]:
+    """`head` (rows before what was held), `held` from `start` up to and including `cut`, then
+    `tail` (rows after `cut`): a new list — the previous one may be in a detector's hands."""
     lo = bisect_left(held, start, key=lambda x: x.ts)
     hi = bisect_left(held, cut, key=lambda x: x.ts)
-    # Rows at exactly `cut` were read before and are not re-read (`new` starts after it).
+    # Rows at exactly `cut` were read before and are not re-read (`tail` starts after it).
     while hi < len(held) and held[hi].ts == cut:
         hi += 1
-    out = held[lo:hi]
-    out.extend(new)
+    out = list(head)
+    out.extend(held[lo:hi])
+    out.extend(tail or ())
     return out
