@@ -25,6 +25,7 @@ from weijian.alerts.models import DeviceData, Finding, Profile, SiteData
 from weijian.alerts.models import Severity as Sev
 from weijian.alerts.rules import rule
 from weijian.devices.kinds import DeviceKind
+from weijian.telemetry import Reading
 
 _METRICS = ("running", "conveyor_speed_m_min", "rinse_temp_c")
 
@@ -54,20 +55,40 @@ def timeline(device: DeviceData, max_gap: timedelta) -> list[DishState]:
 
 
 def _timeline(device: DeviceData, max_gap: timedelta) -> list[DishState]:
-    rows = sorted(
-        (r for r in device.readings if r.metric in _METRICS), key=lambda r: (r.ts, r.seq or 0)
-    )
-    latest: dict[str, tuple[datetime, float]] = {}
+    if device.ordered:
+        # Stored data: in device-time order, one row per (metric, ts). The order within one
+        # time does not matter, every row of that time is taken before its state.
+        index = device.metric_index()
+        rows = sorted((r for m in _METRICS for r in index.get(m, ())), key=_by_ts)
+    else:
+        rows = sorted(
+            (r for r in device.readings if r.metric in _METRICS), key=lambda r: (r.ts, r.seq or 0)
+        )
+    seen: dict[str, tuple[datetime, float]] = {}
     states: list[DishState] = []
+    last = len(rows) - 1
     for i, reading in enumerate(rows):
-        latest[reading.metric] = (reading.ts, reading.value)
-        if i + 1 < len(rows) and rows[i + 1].ts == reading.ts:
+        ts = reading.ts
+        seen[reading.metric] = (ts, reading.value)
+        if i < last and rows[i + 1].ts == ts:
             continue  # the rest of the same message first
-        fresh = {m: v for m, (ts, v) in latest.items() if reading.ts - ts <= max_gap}
-        speed, running = fresh.get("conveyor_speed_m_min"), fresh.get("running")
+        speed = _fresh(seen, "conveyor_speed_m_min", ts, max_gap)
+        running = _fresh(seen, "running", ts, max_gap)
         is_running = running >= 0.5 if running is not None else (speed or 0.0) > 0
-        states.append(DishState(reading.ts, is_running, speed, fresh.get("rinse_temp_c")))
+        states.append(DishState(ts, is_running, speed, _fresh(seen, "rinse_temp_c", ts, max_gap)))
     return states
+
+
+def _by_ts(reading: Reading) -> datetime:
+    return reading.ts
+
+
+def _fresh(
+    seen: dict[str, tuple[datetime, float]], metric: str, at: datetime, max_gap: timedelta
+) -> float | None:
+    """The metric's last value, if it is at most `max_gap` old at `at`."""
+    held = seen.get(metric)
+    return held[1] if held is not None and at - held[0] <= max_gap else None
 
 
 @dataclass(frozen=True)
