@@ -370,6 +370,7 @@ WINDOW_CASES = [
     ("cold_room_warm", "env-1", "13h", hospital(profile=_COLD), "1d"),
     ("packing_without_disinfection", "line-1", "20h", _plant(_STEAM, _DISH, _LINE), "1d"),
     ("overdue_waste", "scale-1", "11h", hospital(), "4d"),
+    ("no_uv", "env-1", "1d2h", hospital(), "3d"),
 ]
 
 

@@ -227,10 +227,12 @@ class WasteStoreEnv(Twin):
             if first is None:
                 self.violate("waste.uv_not_done", fault, d1, end=d1 + 3600)
             else:
+                # The after-hand-over check is judged once its window is over.
+                after_s = ctx.limit("waste.uv_after_handover_h") * 3600.0
                 self.violate(
                     "waste.uv_not_done",
                     fault,
-                    min(first + 7200, d1),
+                    min(first + after_s, d1),
                     start=first + 1800,
                     end=d1 + 3600,
                 )
