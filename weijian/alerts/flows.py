@@ -41,6 +41,10 @@ class EvaluationResult:
 
 # Late data older than this is left to `weijian backtest`.
 MAX_LATE = timedelta(days=7)
+# Data stamped up to this far after `now` is loaded too: a device whose clock runs ahead sends
+# "future" times, which `data.clock_skew` must see when they arrive (it judges receive time;
+# the other detectors cut their windows at `now`). Ingest refuses times further off.
+AHEAD = timedelta(days=1)
 
 
 async def load_site_data(
@@ -84,9 +88,10 @@ async def load_site_data(
                     start if late_since is None else min(start, late_since - span)
                 )
         if cache is None:
-            readings, events = await _site_window(conn, starts, now)
+            readings, events = await _site_window(conn, starts, now + AHEAD)
         else:
             readings, events = await cache.window(conn, starts, now, late_since)
+            await _add_ahead(conn, starts, now, readings, events)
         conflicts: dict[str, list[Reading]] = defaultdict(list)
         if starts:
             for r in await repository.conflicting_copies(
@@ -129,6 +134,37 @@ async def load_site_data(
             )
         )
     return sites
+
+
+async def _add_ahead(
+    conn: AsyncConn,
+    starts: Mapping[str, datetime],
+    now: datetime,
+    readings: dict[str, list[Reading]],
+    events: dict[str, list[Event]],
+) -> None:
+    """Append rows stamped after `now` (a clock running ahead) to the cached windows: a small
+    query, usually empty, kept out of the cache whose windows end at `now`."""
+    if not starts:
+        return
+    ids = list(starts)
+    ahead_r = await repository.readings_between(
+        conn=conn, device_ids=ids, start=now, end=now + AHEAD
+    )
+    ahead_e = await repository.events_between(conn=conn, device_ids=ids, start=now, end=now + AHEAD)
+    extra_r: dict[str, list[Reading]] = defaultdict(list)
+    extra_e: dict[str, list[Event]] = defaultdict(list)
+    for r in ahead_r:
+        if r.ts > now:
+            extra_r[r.device_id].append(r)
+    for e in ahead_e:
+        if e.ts > now:
+            extra_e[e.device_id].append(e)
+    # New lists: the cached ones may be in use and must not change.
+    for device_id, rows in extra_r.items():
+        readings[device_id] = [*readings.get(device_id, []), *rows]
+    for device_id, items in extra_e.items():
+        events[device_id] = [*events.get(device_id, []), *items]
 
 
 async def _site_window(
