@@ -89,3 +89,46 @@ async def test_stream_evaluates_sites_one_at_a_time_in_arrival_order(settings: S
     assert loop.calls[0][1] == {late: datetime.fromtimestamp(earliest_ms / 1000 - 1, UTC)}
     # Each site is judged for its devices with new data (a presence-only change counts).
     assert loop.focus[0] == {late: {"dz"}, early: {"da"}}
+
+
+@pytest.mark.anyio
+async def test_the_scan_lets_the_stream_judge_new_data_first(settings: Settings) -> None:
+    site_ids = [await make_site(settings, site_id=f"s-scan-{i}") for i in range(3)]
+    conn = await connect(settings.database_url)
+    async with conn:
+        for i, site_id in enumerate(site_ids):
+            await devices_repo.insert_device(
+                conn=conn,
+                device_id=f"dev-{i}",
+                site_id=site_id,
+                kind="dish_machine",
+                name=None,
+                interval_s=10,
+            )
+    pool = await open_pool(settings.database_url, min_size=1, max_size=3)
+    try:
+        loop = _Recording(
+            database_url=settings.database_url,
+            pool=pool,
+            detectors=[],
+            clock=ManualClock(NOW),
+            rng=random.Random(1),
+            sign="test",
+            debounce_s=0.05,
+            scan_interval_s=3600,
+        )
+        loop._note("dev-2", None)  # new data for the last site, before the scan starts
+        loop._wakeup.set()
+        tasks = [asyncio.create_task(loop.scan()), asyncio.create_task(loop.stream())]
+        for _ in range(300):
+            if len(loop.calls) >= 4:
+                break
+            await asyncio.sleep(0.01)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await pool.close()
+    # The stream's evaluation of the new data comes before any of the scan's.
+    assert [sites for sites, _ in loop.calls][:2] == [[site_ids[2]], [site_ids[0]]]
+    assert loop.focus[0] == {site_ids[2]: {"dev-2"}}

@@ -31,6 +31,8 @@ EVALUATION_SECONDS = Histogram(
     "Time to evaluate a set of sites",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+# The longest the scan waits, before each site, for the stream to take up new data.
+SCAN_YIELD_S = 1.0
 ALERT_CHANGES = Counter("weijian_alert_changes_total", "Alert transitions", ["kind"])
 
 
@@ -63,6 +65,7 @@ class DetectionLoop:
         # Shared by stream and scan: they may interleave, which is safe because each cache
         # entry is replaced whole by a self-consistent window (alerts/windows.py).
         self._windows = WindowCache()
+        self._streaming = False  # a stream round is under way
 
     async def evaluate(
         self,
@@ -142,6 +145,7 @@ class DetectionLoop:
             await asyncio.sleep(self._debounce)
             self._wakeup.clear()
             pending, self._pending = self._pending, {}
+            self._streaming = True
             try:
                 async with self._pool.connection() as conn:
                     sites = await repository.site_of_device(conn=conn, device_ids=list(pending))
@@ -158,17 +162,31 @@ class DetectionLoop:
                     await self.evaluate([site_id], "stream", since=since, focus=focus)
             except Exception:
                 log.exception("stream evaluation failed; the next scan will retry")
+            finally:
+                self._streaming = False
 
     async def scan(self) -> None:
-        """Evaluate every site on a schedule (offline devices, overdue waste, daily UV, ...)."""
+        """Evaluate every site on a schedule (offline devices, overdue waste, daily UV, ...).
+
+        One site at a time, each behind the stream: fresh data is judged first, and the scan
+        waits for new data to be taken up before its next site (at most `SCAN_YIELD_S`, so a
+        busy stream cannot starve the scan)."""
         while True:
             try:
                 async with self._pool.connection() as conn:
                     site_ids = await repository.all_site_ids(conn=conn)
-                await self.evaluate(site_ids, "scan")
+                for site_id in site_ids:
+                    await self._stream_first()
+                    await self.evaluate([site_id], "scan")
             except Exception:
                 log.exception("scheduled scan failed")
             await asyncio.sleep(self._scan_interval)
+
+    async def _stream_first(self) -> None:
+        waited = 0.0
+        while (self._pending or self._streaming) and waited < SCAN_YIELD_S:
+            await asyncio.sleep(0.01)
+            waited += 0.01
 
 
 def arrival_order(pending: Mapping[str, object], sites: Mapping[str, str]) -> list[str]:
