@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from weijian.config import Settings, get_settings
 
 T = TypeVar("T")
+_C = TypeVar("_C")
 
 app = typer.Typer(
     help="Weijian (卫监): online monitoring for a health-supervision bureau.",
@@ -634,9 +635,7 @@ def bench_ingest(
 
     Runs on its own database and topic root; progress goes to stderr.
     """
-    from weijian.bench import BenchConfig, BenchError, run_ingest_bench
-    from weijian.simulator.publisher import PublishError
-    from weijian.simulator.rawmqtt import RawMqttError
+    from weijian.bench import BenchConfig, run_ingest_bench
 
     parts = frozenset(p.strip() for item in skip or [] for p in item.split(",") if p.strip())
     config = BenchConfig(
@@ -648,16 +647,7 @@ def bench_ingest(
         skip=parts,
         keep=keep,
     )
-    settings = _settings()
-    try:
-        report = run_ingest_bench(
-            settings, config, lambda line: typer.echo(f"bench: {line}", err=True)
-        )
-    except (BenchError, PublishError, RawMqttError) as exc:
-        raise CliError(str(exc)) from None
-    except OSError as exc:
-        raise CliError(f"broker {settings.mqtt.public_url} unavailable: {exc}") from None
-    _print_json(report)
+    _run_bench(run_ingest_bench, config)
 
 
 @bench_app.command("alerts")
@@ -679,10 +669,7 @@ def bench_alerts(
 
     Runs `weijian up` on its own database and topic root; progress goes to stderr.
     """
-    from weijian.bench import BenchError
     from weijian.bench.alerts import AlertBenchConfig, run_alert_bench
-    from weijian.simulator.publisher import PublishError
-    from weijian.simulator.rawmqtt import RawMqttError
 
     config = AlertBenchConfig(
         sites=sites,
@@ -692,11 +679,21 @@ def bench_alerts(
         history_s=history,
         keep=keep,
     )
+    _run_bench(run_alert_bench, config)
+
+
+def _run_bench(
+    bench: Callable[[Settings, _C, Callable[[str], None]], dict[str, Any]], config: _C
+) -> None:
+    """Run a benchmark with progress on stderr and print its report; known failures are one
+    line."""
+    from weijian.bench import BenchError
+    from weijian.simulator.publisher import PublishError
+    from weijian.simulator.rawmqtt import RawMqttError
+
     settings = _settings()
     try:
-        report = run_alert_bench(
-            settings, config, lambda line: typer.echo(f"bench: {line}", err=True)
-        )
+        report = bench(settings, config, lambda line: typer.echo(f"bench: {line}", err=True))
     except (BenchError, PublishError, RawMqttError) as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:

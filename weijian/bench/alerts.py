@@ -25,12 +25,12 @@ from weijian.alerts.flows import ALERTS_CHANNEL
 from weijian.bench import cpu
 from weijian.bench import repository as repo
 from weijian.bench.context import BenchConfig, BenchContext, Progress
-from weijian.bench.ingest import _interrupted_by_sigterm as interrupted_by_sigterm
 from weijian.bench.probe import percentile
 from weijian.bench.processes import BenchError, IngestProcess, wait_until
 from weijian.config import Settings
 from weijian.devices.broker import DynamicSecurity, role_name
 from weijian.devices.kinds import DeviceKind
+from weijian.signals import sigterm_interrupts
 from weijian.simulator.device import Outgoing
 from weijian.simulator.engine import MessageSink, Simulation
 from weijian.simulator.live import run_following_clock
@@ -127,7 +127,7 @@ def run_alert_bench(
     """Run the city, the platform and the probes on a fresh database and topic root."""
     ctx = BenchContext(settings, BenchConfig(devices=1, keep=config.keep), progress)
     bench = AlertBench(ctx, config)
-    with interrupted_by_sigterm():
+    with sigterm_interrupts():
         try:
             return bench.run()
         finally:

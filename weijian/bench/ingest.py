@@ -3,13 +3,11 @@ drain of the real ingest, in one run, verified exactly-once (docs/performance.md
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,6 +27,7 @@ from weijian.bench.context import (
 from weijian.bench.probe import LatencyProbe, Sampler, percentile
 from weijian.bench.processes import IngestProcess
 from weijian.config import Settings
+from weijian.signals import sigterm_interrupts
 from weijian.simulator.load import LoadResult
 
 _FAR = datetime(9999, 1, 1, tzinfo=UTC)
@@ -46,7 +45,7 @@ def run_ingest_bench(settings: Settings, config: BenchConfig, progress: Progress
     """Run every part not skipped on a fresh database and topic root; the report as a dict."""
     ctx = BenchContext(settings, config, progress)
     report: dict[str, Any] = {}
-    with _interrupted_by_sigterm(), ctx.running():
+    with sigterm_interrupts(), ctx.running():
         progress(f"database {ctx.database}, topics {ctx.root}, {config.devices} devices")
         report["machine"] = ctx.machine()
         report["config"] = {
@@ -77,24 +76,6 @@ def run_ingest_bench(settings: Settings, config: BenchConfig, progress: Progress
     report["ratios"] = _ratios(report)
     report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return report
-
-
-@contextlib.contextmanager
-def _interrupted_by_sigterm() -> Iterator[None]:
-    """SIGTERM interrupts like Ctrl-C, so the ingest is stopped and the database dropped (a
-    background job ignores SIGINT)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def sustained(ctx: BenchContext, ingest: IngestProcess) -> dict[str, Any]:
