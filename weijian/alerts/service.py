@@ -194,6 +194,36 @@ async def _late_occurrence(
     )
 
 
+async def _record_firing(
+    conn: AsyncConn,
+    *,
+    key: str,
+    finding: Finding,
+    alert_id: int,
+    action: str,
+    from_status: str | None,
+    severity: Severity,
+    now: datetime,
+) -> None:
+    """The episode (seen once) and the history entry of an alert that fires or fires again."""
+    if finding.episode:
+        await repository.record_episode(
+            conn=conn, fingerprint=key, episode=finding.episode, alert_id=alert_id, at=now
+        )
+    await repository.add_history(
+        conn=conn,
+        alert_id=alert_id,
+        action=action,
+        actor=SYSTEM,
+        from_status=from_status,
+        to_status=AlertStatus.FIRING.value,
+        severity=severity.value,
+        at=now,
+        note=finding.summary,
+        details={"episode": finding.episode, "value": finding.value},
+    )
+
+
 async def _reopen(
     conn: AsyncConn,
     latest: dict[str, Any],
@@ -220,21 +250,15 @@ async def _reopen(
             **_evidence(finding),
         },
     )
-    if finding.episode:
-        await repository.record_episode(
-            conn=conn, fingerprint=key, episode=finding.episode, alert_id=alert_id, at=now
-        )
-    await repository.add_history(
-        conn=conn,
+    await _record_firing(
+        conn,
+        key=key,
+        finding=finding,
         alert_id=alert_id,
         action="reopened",
-        actor=SYSTEM,
         from_status=latest["status"],
-        to_status=AlertStatus.FIRING.value,
-        severity=severity.value,
-        at=now,
-        note=finding.summary,
-        details={"episode": finding.episode, "value": finding.value},
+        severity=severity,
+        now=now,
     )
     return AlertChange(
         "reopened",
@@ -291,21 +315,15 @@ async def _fire(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChange
                 **evidence,
             },
         )
-        if finding.episode:
-            await repository.record_episode(
-                conn=conn, fingerprint=key, episode=finding.episode, alert_id=alert_id, at=now
-            )
-        await repository.add_history(
-            conn=conn,
+        await _record_firing(
+            conn,
+            key=key,
+            finding=finding,
             alert_id=alert_id,
             action="fired",
-            actor=SYSTEM,
             from_status=None,
-            to_status=AlertStatus.FIRING.value,
-            severity=finding.severity.value,
-            at=now,
-            note=finding.summary,
-            details={"episode": finding.episode, "value": finding.value},
+            severity=finding.severity,
+            now=now,
         )
         return AlertChange(
             "fired",
