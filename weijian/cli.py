@@ -622,6 +622,10 @@ def bench_ingest(
     ] = 30.0,
     devices: Annotated[int, typer.Option(min=1, help="Devices the load publishes as.")] = 2000,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Ingest worker processes.")] = 2,
+    rate: Annotated[
+        float,
+        typer.Option(min=0, help="Offered load of the sustained part, messages/s (0: full speed)."),
+    ] = 0.0,
     backlog: Annotated[
         int, typer.Option(min=0, help="Messages queued while the ingest is away (0: no backlog).")
     ] = 0,
@@ -641,6 +645,7 @@ def bench_ingest(
     config = BenchConfig(
         devices=devices,
         workers=workers,
+        rate=rate,
         duration_s=duration,
         latency_duration_s=latency_duration,
         backlog=backlog,

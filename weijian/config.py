@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     ingest_max_payload_bytes: int = Field(default=256 * 1024, ge=1024)
     # Readings whose device time is further than this from the receive time are rejected.
     ingest_max_clock_offset_days: float = Field(default=30.0, gt=0)
+    # A device's last_seen_at is rewritten at most this often per worker (status changes at
+    # once): presence needs seconds, not a row update per device per batch.
+    ingest_presence_refresh_s: float = Field(default=5.0, ge=0)
 
     # Notifications
     sms_provider: Literal["console", "webhook", "aliyun", "tencent"] = "console"

@@ -17,6 +17,8 @@ FIELDS = {
         "readings_per_s",
         "messages_per_s",
         "published_messages_per_s",
+        "offered_messages_per_s",
+        "kept_up",
         "duration_s",
         "drain_s",
         "published",
@@ -56,6 +58,7 @@ def test_every_part_runs_reports_every_field_and_verification_catches_loss() -> 
         bare_mqtt_s=0.2,
         naive_s=0.5,
         load_rate=1500,
+        rate=1200,
         keep=True,
     )
     lines: list[str] = []
@@ -68,6 +71,8 @@ def test_every_part_runs_reports_every_field_and_verification_catches_loss() -> 
             assert fields <= set(report[part]), part
         sustained = report["sustained"]
         assert sustained["published"] > 0
+        assert sustained["offered_messages_per_s"] == 1200
+        assert isinstance(sustained["kept_up"], bool)
         assert sustained["stored_readings"] == 4 * sustained["published"]
         assert (sustained["lost"], sustained["duplicates"], sustained["dead_letters"]) == (0, 0, 0)
         assert report["latency"]["samples"] > 0

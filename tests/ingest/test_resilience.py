@@ -333,6 +333,7 @@ class IngestProcess:
             WEIJIAN_MQTT_SESSION_EXPIRY_S=str(settings.mqtt_session_expiry_s),
             WEIJIAN_INGEST_BATCH_WAIT_MS=str(settings.ingest_batch_wait_ms),
             WEIJIAN_INGEST_BATCH_MAX=str(settings.ingest_batch_max),
+            WEIJIAN_INGEST_PRESENCE_REFRESH_S=str(settings.ingest_presence_refresh_s),
         )
         self._env = env
 
@@ -461,8 +462,11 @@ def test_a_batch_held_across_a_lost_broker_session_acknowledges_nothing_of_the_n
     arrive on the new session, with packet ids from 1 again. Committing A's readings must not
     acknowledge B's (same ids, not committed yet): the ingest is killed before B's commit, and
     all of B's readings must come back when it resumes its session."""
-    # One message per batch: every reading of A is committed before B's first one waits.
-    ingest_process = make_ingest_process(settings.model_copy(update={"ingest_batch_max": 1}))
+    # One message per batch: every reading of A is committed before B's first one waits; every
+    # batch writes its devices' presence (no refresh interval), so a held row holds the batch.
+    ingest_process = make_ingest_process(
+        settings.model_copy(update={"ingest_batch_max": 1, "ingest_presence_refresh_s": 0.0})
+    )
     streams = make_streams(200, 1000.0)
     held, later = streams[0], streams[1]
     ingest_process.start()

@@ -58,6 +58,9 @@ class BenchConfig:
     # Messages/s of the full-speed loads (sustained, bare MQTT, naive); 0 = as fast as possible.
     # Only the tests slow them down, to finish quickly.
     load_rate: float = 0.0
+    # Offered load of the sustained part in messages/s (0: as fast as the publisher can): does
+    # the ingest keep up with devices publishing at this rate?
+    rate: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.skip) - set(PARTS))
@@ -65,6 +68,8 @@ class BenchConfig:
             raise ValueError(f"unknown part {unknown[0]!r} to skip; parts: {', '.join(PARTS)}")
         if "sustained" in self.skip and "latency" not in self.skip:
             raise ValueError("latency runs at half the sustained rate: skip latency too")
+        if self.rate < 0:
+            raise ValueError("rate must not be negative (0: as fast as possible)")
         if self.devices < 1 or self.workers < 1 or self.backlog < 0:
             raise ValueError("devices and workers must be at least 1, backlog at least 0")
         if min(self.duration_s, self.latency_duration_s, self.bare_mqtt_s, self.naive_s) <= 0:
@@ -89,6 +94,7 @@ class BenchConfig:
             "bare_mqtt_s": self.bare_mqtt_s,
             "naive_s": self.naive_s,
             "load_rate": self.load_rate,
+            "rate": self.rate,
         }
 
 

@@ -80,8 +80,12 @@ def write_batch(
     dead: Sequence[DeadLetter],
     presence: Sequence[Presence],
     topic_root: str | None = None,
+    announce: Sequence[Presence] | None = None,
 ) -> BatchCounts:
     """Write one batch in one transaction; every resend is absorbed by the unique keys.
+
+    `presence` rows update the devices' presence; `announce` (default: the same) are the
+    devices whose new data the commit announces to the detectors (NOTIFY).
 
     Readings (`rows`, and `readings` as objects) are COPYed straight into `readings` first, as
     the transaction's first statement. A resend makes that COPY fail on the unique key; the
@@ -89,15 +93,27 @@ def write_batch(
     `INSERT … ON CONFLICT DO NOTHING`, which also dead-letters resends with another value
     (`CONFLICTING_DUPLICATE`, under `topic_root`'s telemetry topic of the device).
     """
+    heard = presence if announce is None else announce
     all_rows = list(rows) + [
         (r.ts, r.device_id, r.metric, r.value, r.seq, r.received_at) for r in readings
     ]
     if all_rows:
         try:
-            return _write(conn, all_rows, events, dead, presence, direct=True)
+            return _write(
+                conn, all_rows, events, dead, presence=presence, announce=heard, direct=True
+            )
         except psycopg.errors.UniqueViolation:
             pass  # rolled back: nothing of the batch is written
-    return _write(conn, all_rows, events, dead, presence, direct=False, topic_root=topic_root)
+    return _write(
+        conn,
+        all_rows,
+        events,
+        dead,
+        presence=presence,
+        announce=heard,
+        direct=False,
+        topic_root=topic_root,
+    )
 
 
 def _write(
@@ -105,8 +121,9 @@ def _write(
     rows: Sequence[ReadingRow],
     events: Sequence[Event],
     dead: Sequence[DeadLetter],
-    presence: Sequence[Presence],
     *,
+    presence: Sequence[Presence],
+    announce: Sequence[Presence],
     direct: bool,
     topic_root: str | None = None,
 ) -> BatchCounts:
@@ -145,7 +162,7 @@ def _write(
             )
         if presence:
             _update_presence(cur, presence)
-        for payload in _notify_payloads(presence):
+        for payload in _notify_payloads(announce):
             cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
     return BatchCounts(readings_new, events_new, len(conflicts), fell_back=not direct)
 

@@ -35,6 +35,7 @@ from weijian.ingest.decode import (
     parse_topic,
     reading_rows,
 )
+from weijian.ingest.presence import PresenceThrottle
 from weijian.ingest.subscriber import Delivery, MqttSubscriber, SessionOptions
 from weijian.telemetry import Event
 
@@ -78,6 +79,7 @@ class TelemetryIngestor:
         self._batch_started = 0.0
         self._max_offset = timedelta(days=settings.ingest_max_clock_offset_days)
         self._topics: dict[bytes, tuple[str, Topic | str]] = {}
+        self._presence = PresenceThrottle(settings.ingest_presence_refresh_s)
         self._on_commit = on_commit
         self.stats = IngestStats()
         self._subscriber = MqttSubscriber(
@@ -154,6 +156,7 @@ class TelemetryIngestor:
                 try:
                     first = self._queue.get(timeout=0.2)
                 except queue.Empty:
+                    self._flush_presence()
                     if self._stop.is_set():
                         return
                     continue
@@ -203,6 +206,20 @@ class TelemetryIngestor:
                 self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)
 
+    def _flush_presence(self) -> None:
+        """Idle: write the presence updates held back, so it is exact while ingest is quiet."""
+        if not self._presence.held:
+            return
+        updates = self._presence.flush(time.monotonic())
+        try:
+            repo.write_batch(self._connection(), events=[], dead=[], presence=updates, announce=[])
+        except psycopg.OperationalError as exc:
+            self._presence.restore(updates)
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            log.debug("presence not written (%s); kept for later", exc)
+
     def _connection(self) -> psycopg.Connection[tuple[Any, ...]]:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(
@@ -231,12 +248,14 @@ class TelemetryIngestor:
         for delivery in batch:
             for topic, payload in zip(delivery.topics, delivery.payloads, strict=True):
                 self._decode_one(conn, topic, payload, rows)
+        heard = rows.presence()
         counts = repo.write_batch(
             conn,
             rows=rows.readings,
             events=rows.events,
             dead=rows.dead,
-            presence=rows.presence(),
+            presence=self._presence.due(heard, time.monotonic()),
+            announce=heard,
             topic_root=self._root,
         )
         self._ack(batch)
