@@ -23,7 +23,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import numpy as np
 import pandas as pd
@@ -273,6 +273,7 @@ class AnomalyDetector:
     rule = rule("behaviour.anomaly")
     device_kinds = frozenset(k for k, spec in KINDS.items() if spec.metrics)
     lookback = timedelta(hours=3)
+    scope: Literal["device", "site"] = "device"
 
     def __init__(self, models: Mapping[str, DeviceModel] | None = None) -> None:
         self.models = dict(models or {})

@@ -71,10 +71,7 @@ async def load_site_data(
     by_site: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_site[str(row["site_id"])].append(row)
-    lookback: dict[DeviceKind, timedelta] = {}
-    for detector in detectors:
-        for kind in detector.device_kinds:
-            lookback[kind] = max(lookback.get(kind, timedelta(0)), detector.lookback)
+    lookback = kind_lookbacks(detectors)
     sites: list[SiteData] = []
     for site_id, device_rows in by_site.items():
         late = (since or {}).get(site_id)
@@ -134,6 +131,15 @@ async def load_site_data(
             )
         )
     return sites
+
+
+def kind_lookbacks(detectors: Sequence[Detector]) -> dict[DeviceKind, timedelta]:
+    """Per device kind, the longest lookback of the detectors that judge it (what to load)."""
+    lookback: dict[DeviceKind, timedelta] = {}
+    for detector in detectors:
+        for kind in detector.device_kinds:
+            lookback[kind] = max(lookback.get(kind, timedelta(0)), detector.lookback)
+    return lookback
 
 
 async def _add_ahead(

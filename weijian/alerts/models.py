@@ -78,6 +78,10 @@ class DeviceData:
             value = self._memo[key] = compute()
             return value
 
+    def has(self, key: Hashable) -> bool:
+        """Whether a view is memoised already."""
+        return key in self._memo
+
     def seed(self, key: Hashable, value: Any) -> None:
         """Provide a memoised view computed elsewhere (e.g. sliced from a larger window)."""
         self._memo[key] = value
@@ -113,6 +117,22 @@ class SiteData:
     # per-device detector judges only these; a detector across devices (release, daily UV)
     # runs when one of them is of its kinds. The scheduled scan judges every device.
     focus: frozenset[str] | None = None
+    # (rule id, device id) → the earliest device time whose verdict may have changed since the
+    # rule last judged the device: the device's earliest new data, or the time of that last
+    # judgement, whichever is earlier. A detector with a horizon judges from there back only
+    # as far as its episodes reach (docs/scaling.md, "Detectors"); a pair not in it is judged
+    # over the whole lookback, and so is everything when it is None (scans, backtests).
+    fresh: Mapping[tuple[str, str], datetime] | None = None
+    # (rule id, device id or None) of the site's active alerts: while an alert is active its
+    # rule judges the device over the whole lookback, so clears and growing evidence are exact.
+    active: frozenset[tuple[str, str | None]] = frozenset()
+
+    def since(self, rule_id: str, device_id: str) -> datetime | None:
+        """Where the rule's judgement of the device may have changed (see `fresh`), or None
+        when it must judge the whole lookback."""
+        if self.fresh is None or (rule_id, device_id) in self.active:
+            return None
+        return self.fresh.get((rule_id, device_id))
 
     def window_start(self, now: datetime, lookback: timedelta) -> datetime:
         """Start of the data a detector with `lookback` judges at `now`."""
@@ -197,6 +217,9 @@ class Detector(Protocol):
     device_kinds: frozenset[DeviceKind]
     # How much history (device time before `now`) the detector needs.
     lookback: timedelta
+    # "device": judges the devices in focus one by one; "site": reads every device of its kinds
+    # (what it judged, for `SiteData.fresh`).
+    scope: Literal["device", "site"]
 
     def __call__(self, site: SiteData, now: datetime) -> list[Finding]: ...
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from weijian.alerts.detectors.chemical import ChlorineLowDetector, ImmersionShortDetector
 from weijian.alerts.detectors.dish import DishExposureDetector, DishRinseDetector
@@ -44,6 +44,9 @@ class RuleGroup:
             *(p.device_kinds for p in parts)
         )
         self.lookback: timedelta = max(p.lookback for p in parts)
+        self.scope: Literal["device", "site"] = "device"
+        if any(p.scope != "device" for p in parts):
+            raise ValueError("a rule group's parts judge devices one by one")
 
     def __call__(self, site: SiteData, now: datetime) -> list[Finding]:
         kinds = {d.kind for d in site.devices.values()}

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
-from typing import TypeVar
+from typing import Literal, TypeVar
 from zoneinfo import ZoneInfo
 
 from weijian.alerts.models import DeviceData, Finding, RuleSpec, Severity, SiteData
@@ -32,12 +32,32 @@ _Timed = TypeVar("_Timed", Reading, Event)
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
 
 
+@dataclass(frozen=True)
+class Horizon:
+    """Where a detector's judgement of a device starts when only part of it may have changed.
+
+    `start`: judge the device's data from here on; everything that may have changed since the
+    rule last judged the device (`SiteData.since`) lies after it, whole. `slack`: a firing
+    finding that begins less than this after `start` may reach back before it (a spell whose
+    earlier samples were cut off); the device is then judged over the whole lookback instead.
+    """
+
+    start: datetime
+    slack: timedelta = timedelta(0)
+
+    def cuts(self, finding: Finding) -> bool:
+        """Whether the finding may have been cut off at `start`."""
+        begins = finding.started_at or finding.evidence_from or finding.evidence_to
+        return begins is None or begins - self.start < self.slack
+
+
 class DeviceDetector:
     """Base of detectors that judge each device of some kinds on its own."""
 
     rule: RuleSpec
     device_kinds: frozenset[DeviceKind]
     lookback: timedelta
+    scope: Literal["device", "site"] = "device"
     # Judge only data with device time in [now − lookback, now]; detectors that work on receive
     # time (presence, clock skew) window themselves.
     by_device_time: bool = True
@@ -45,10 +65,31 @@ class DeviceDetector:
     def __call__(self, site: SiteData, now: datetime) -> list[Finding]:
         findings: list[Finding] = []
         for device in site.judged(*sorted(self.device_kinds)):
-            start = site.window_start(now, self.lookback)
-            recent = within(device, start, now) if self.by_device_time else device
-            findings.extend(settle(self.judge(site, recent, now)))
+            findings.extend(settle(self._device_findings(site, device, now)))
         return findings
+
+    def _device_findings(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
+        start = site.window_start(now, self.lookback)
+        since = site.since(self.rule.id, device.device_id)
+        if since is not None and self.by_device_time and device.ordered:
+            horizon = self.horizon(site, device, since, now)
+            if horizon is not None and horizon.start > start:
+                part = self.judge(site, within(device, horizon.start, now), now)
+                # No alert of the rule is active for the device (`SiteData.since`): clears
+                # have nothing to resolve, only violations are news.
+                firing = [f for f in part if f.state == "firing"]
+                if not any(horizon.cuts(f) for f in firing):
+                    return firing
+        recent = within(device, start, now) if self.by_device_time else device
+        return self.judge(site, recent, now)
+
+    def horizon(
+        self, site: SiteData, device: DeviceData, since: datetime, now: datetime
+    ) -> Horizon | None:
+        """Where judging may start given that nothing before `since` changed (None: judge the
+        whole lookback). Every firing finding the whole lookback would give that may differ
+        from the last judgement must lie after the horizon, whole."""
+        return None
 
     def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
         raise NotImplementedError
@@ -68,7 +109,7 @@ def _within(device: DeviceData, start: datetime, end: datetime) -> DeviceData:
         events=_slice(device.events, start, end, device.ordered),
         conflicts=_slice(device.conflicts, start, end, ordered=False),
     )
-    if device.ordered:
+    if device.ordered and device.has("by_metric"):
         # Each metric's series of the part is the same slice of the whole's (both in time
         # order): cheaper than splitting the part's readings again.
         whole = device.metric_index()
@@ -84,6 +125,29 @@ def _slice(items: Sequence[_Timed], start: datetime, end: datetime, ordered: boo
         hi = bisect_right(items, end, key=lambda x: x.ts)
         return list(items[lo:hi])
     return [x for x in items if start <= x.ts <= end]
+
+
+# How far back `previous_sample` looks before giving up (readings, across all metrics).
+_PREVIOUS_SCAN = 400
+
+
+def previous_sample(device: DeviceData, when: datetime, metrics: Iterable[str]) -> datetime | None:
+    """The earliest of the metrics' last sample times before `when` (`when` itself if none of
+    them has a sample before it), or None when that is not among the last few hundred readings
+    (the caller judges the whole window then). The device's readings must be in time order."""
+    wanted = set(metrics)
+    earliest = when
+    i = bisect_left(device.readings, when, key=lambda r: r.ts)
+    stop = max(0, i - _PREVIOUS_SCAN)
+    while wanted and i > stop:
+        i -= 1
+        reading = device.readings[i]
+        if reading.metric in wanted:
+            wanted.discard(reading.metric)
+            earliest = reading.ts
+    if wanted and i > 0:
+        return None
+    return earliest
 
 
 def site_within(

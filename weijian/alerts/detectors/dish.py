@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 from weijian.alerts.detectors.common import (
     DeviceDetector,
+    Horizon,
     LevelRule,
     Point,
     Spell,
@@ -119,7 +120,19 @@ class DishLimits:
         return Point(state.ts, state.rinse_temp_c, state.rinse_temp_c < self.min_rinse_temp_c)
 
 
-class DishExposureDetector(DeviceDetector):
+class _DishLevelDetector(DeviceDetector):
+    """Shared horizon of the dish machine's level rules: any bad running sample fires."""
+
+    def horizon(
+        self, site: SiteData, device: DeviceData, since: datetime, now: datetime
+    ) -> Horizon | None:
+        # A state holds each metric's value for up to a gap, and a spell continues across gaps
+        # up to one: states from start + gap on are exact, spells from start + 2 gaps whole.
+        gap = DishLimits.of(site.profile, device.device_id).max_gap
+        return Horizon(since - 3 * gap, 2 * gap)
+
+
+class DishExposureDetector(_DishLevelDetector):
     """`disinfection.exposure_short`: while running, zone length ÷ belt speed < the minimum.
 
     Any running sample below the limit fires (the dishes on the belt at that moment were
@@ -157,7 +170,7 @@ class DishExposureDetector(DeviceDetector):
         return level_findings(level, site, device, points, describe)
 
 
-class DishRinseDetector(DeviceDetector):
+class DishRinseDetector(_DishLevelDetector):
     """`disinfection.temperature_low` for dish machines: running with the rinse below limit."""
 
     rule = rule("disinfection.temperature_low")

@@ -9,6 +9,7 @@ from itertools import pairwise
 
 from weijian.alerts.detectors.common import (
     DeviceDetector,
+    Horizon,
     LevelRule,
     Point,
     Spell,
@@ -17,6 +18,7 @@ from weijian.alerts.detectors.common import (
     level_findings,
     metric_unit,
     mmss,
+    previous_sample,
     seconds,
     series,
     spell_episode,
@@ -77,6 +79,25 @@ class FlatlineDetector(DeviceDetector):
     rule = rule("data.flatline")
     device_kinds = frozenset({kind for kind, _ in FLAT_WINDOWS} | CABINETS)
     lookback = timedelta(hours=3)
+
+    def horizon(
+        self, site: SiteData, device: DeviceData, since: datetime, now: datetime
+    ) -> Horizon | None:
+        if device.kind in CABINETS:
+            # A batch is judged once closed: the batches that end after `since`, whole.
+            return Horizon(min((b.start for b in batches(device) if b.end >= since), default=since))
+        if device.kind == DeviceKind.LINE_METER:
+            return None  # busy times come from counter rises, which depend on all earlier samples
+        # A run that newly reached its window began less than a window (and a gap) before
+        # `since`; the dish timeline holds values for up to a gap, and a run continues across
+        # gaps up to one.
+        gap = offline_after(site, device)
+        window = max(
+            timedelta(minutes=site.profile.number(key, device.device_id))
+            for (kind, _), key in FLAT_WINDOWS.items()
+            if kind == device.kind
+        )
+        return Horizon(since - window - 3 * gap, 2 * gap)
 
     def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
         min_samples = int(site.profile.number("flatline.min_samples", device.device_id))
@@ -223,6 +244,21 @@ class OutOfRangeDetector(DeviceDetector):
     rule = rule("data.out_of_range")
     device_kinds = frozenset(DeviceKind)
     lookback = timedelta(hours=2)
+
+    def horizon(
+        self, site: SiteData, device: DeviceData, since: datetime, now: datetime
+    ) -> Horizon | None:
+        # Any out-of-range sample fires, so a new spell begins after `since` (a spell continues
+        # across gaps up to `max_gap`); a rate compares a new sample with the one before it.
+        max_gap = offline_after(site, device)
+        rated = [m.name for m in kind_spec(device.kind).metrics if m.max_rate_per_s is not None]
+        start = since - max_gap
+        if rated:
+            before = previous_sample(device, since, rated)
+            if before is None:
+                return None
+            start = min(start, before)
+        return Horizon(start, max_gap)
 
     def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
         clear_after = seconds(site.profile.number("data.clear_after_s", device.device_id))

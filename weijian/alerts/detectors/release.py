@@ -6,6 +6,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
 from weijian.alerts.detectors import chemical, dish, thermal
 from weijian.alerts.detectors.common import (
@@ -85,6 +86,7 @@ class ReleaseDetector:
         | thermal.CABINETS
     )
     lookback = timedelta(hours=4)
+    scope: Literal["device", "site"] = "site"
 
     def __call__(self, site: SiteData, now: datetime) -> list[Finding]:
         if not site.of_kind(DeviceKind.LINE_METER):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Literal
 
 from weijian.alerts.detectors.common import (
     DeviceDetector,
+    Horizon,
     LevelRule,
     Point,
     Spell,
@@ -45,6 +47,14 @@ class ColdStorageDetector(DeviceDetector):
     rule = rule("waste.cold_storage_temp_high")
     device_kinds = _ENV
     lookback = timedelta(hours=12)
+
+    def horizon(
+        self, site: SiteData, device: DeviceData, since: datetime, now: datetime
+    ) -> Horizon | None:
+        # A spell that newly lasted `sustain` began less than that (and a gap) before `since`.
+        sustain = timedelta(minutes=site.profile.number("waste.temp_sustain_min", device.device_id))
+        gap = _max_gap(site, device)
+        return Horizon(since - sustain - 2 * gap, gap)
 
     def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
         if not site.profile.get("waste.cold_storage_required", device.device_id):
@@ -86,6 +96,14 @@ class DoorOpenDetector(DeviceDetector):
     rule = rule("waste.door_open_long")
     device_kinds = _ENV
     lookback = timedelta(days=2)
+
+    def horizon(
+        self, site: SiteData, device: DeviceData, since: datetime, now: datetime
+    ) -> Horizon | None:
+        # A spell that newly lasted the limit began less than that (and a gap) before `since`.
+        limit = timedelta(minutes=site.profile.number("waste.max_door_open_min", device.device_id))
+        gap = _max_gap(site, device)
+        return Horizon(since - limit - 2 * gap, gap)
 
     def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
         limit_min = site.profile.number("waste.max_door_open_min", device.device_id)
@@ -149,6 +167,7 @@ class UvDetector:
     device_kinds = frozenset({DeviceKind.WASTE_STORE_ENV, DeviceKind.WASTE_SCALE})
     # Enough to hold yesterday whole at any time of today.
     lookback = timedelta(hours=49)
+    scope: Literal["device", "site"] = "site"
 
     def __call__(self, site: SiteData, now: datetime) -> list[Finding]:
         site = site_within(site, self.device_kinds, now - self.lookback, now)

@@ -6,7 +6,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from weijian.alerts.detectors.common import DeviceDetector, between, mmss, seconds, series
+from weijian.alerts.detectors.common import (
+    DeviceDetector,
+    Horizon,
+    between,
+    mmss,
+    seconds,
+    series,
+)
 from weijian.alerts.models import DeviceData, Finding, Profile, RuleSpec, Severity, SiteData
 from weijian.alerts.rules import rule
 from weijian.devices.kinds import DeviceKind
@@ -26,7 +33,12 @@ class Batch:
 
 
 def batches(device: DeviceData) -> list[Batch]:
-    """Closed batches of a cabinet, pairing each batch_end with the latest batch_start before it."""
+    """Closed batches of a cabinet, pairing each batch_end with the latest batch_start before it.
+    Read-only: shared by the detectors that ask for the same device."""
+    return device.memo("batches", lambda: _batches(device))
+
+
+def _batches(device: DeviceData) -> list[Batch]:
     found: list[Batch] = []
     open_start: datetime | None = None
     open_id: str | None = None
@@ -130,6 +142,16 @@ class ThermalBatchDetector(DeviceDetector):
 
     def __init__(self, rule_id: str) -> None:
         self.rule: RuleSpec = rule(rule_id)
+
+    def horizon(
+        self, site: SiteData, device: DeviceData, since: datetime, now: datetime
+    ) -> Horizon | None:
+        # A batch's verdict changes with data inside it, or when it becomes judgeable (a
+        # reading from its end on, or `hold.settle_s` after it): the batches that end after
+        # `since − settle`, whole from their batch_start.
+        settle = seconds(site.profile.number("hold.settle_s", device.device_id))
+        recent = [b.start for b in batches(device) if b.end >= since - settle]
+        return Horizon(min(recent, default=since - settle))
 
     def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
         findings: list[Finding] = []
