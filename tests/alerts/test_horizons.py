@@ -180,6 +180,7 @@ def _site(
     sc: Scenario,
     key: str,
     stores: dict[str, _Store],
+    *,
     now: datetime,
     late: datetime | None,
     lookback: dict[DeviceKind, timedelta],
@@ -247,7 +248,7 @@ def test_judging_from_the_horizon_finds_every_new_violation_and_nothing_else() -
         for spec in sc.sites:
             refs = [f"{spec.key}/{d.key}" for d in spec.devices]
             late = min((new[d] for d in refs if d in new), default=None)
-            site = _site(sc, spec.key, stores, now, late, lookback)
+            site = _site(sc, spec.key, stores, now=now, late=late, lookback=lookback)
             pairs = freshness.pairs(site, detectors)
             full = [f for d in detectors for f in d(site, now)]
             fresh = freshness.fresh(pairs, new)
