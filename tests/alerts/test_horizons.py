@@ -231,8 +231,8 @@ def test_judging_from_the_horizon_finds_every_new_violation_and_nothing_else() -
     previous: dict[str, dict[tuple[Any, ...], Finding]] = {}
     now = sc.start
     i = 0
-    compared = defaultdict(int)
-    narrowed = defaultdict(int)
+    compared: dict[str, int] = defaultdict(int)
+    narrowed: dict[str, int] = defaultdict(int)
     while now < sc.end:
         now += STEP
         new: dict[str, datetime] = {}
