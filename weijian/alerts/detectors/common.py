@@ -19,8 +19,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
-from itertools import pairwise
-from typing import Literal, TypeVar
+from typing import Literal, NamedTuple, TypeVar
 from zoneinfo import ZoneInfo
 
 from weijian.alerts.models import DeviceData, Finding, RuleSpec, Severity, SiteData
@@ -209,6 +208,11 @@ _UNITS = {
 }
 
 
+def upto(samples: Sequence[Reading], end: datetime) -> list[Reading]:
+    """The samples (sorted by time) with ts <= end."""
+    return list(samples[: bisect_right(samples, end, key=lambda r: r.ts)])
+
+
 def between(samples: Sequence[Reading], start: datetime, end: datetime) -> list[Reading]:
     """The samples (sorted by time) with start <= ts <= end."""
     lo = bisect_left(samples, start, key=lambda r: r.ts)
@@ -264,8 +268,7 @@ def floor_to(ts: datetime, step: timedelta) -> datetime:
 # --- Level conditions: a metric beyond a limit, for long enough ----------------------------
 
 
-@dataclass(frozen=True)
-class Point:
+class Point(NamedTuple):
     """A sample judged against a condition: bad, good, or None when not applicable."""
 
     ts: datetime
@@ -323,16 +326,31 @@ def good_stretch(
 ) -> tuple[datetime, datetime, timedelta] | None:
     """Compliant evidence after `after`: (first good, last good, good time), if the latest
     applicable point is good. Good time only counts between consecutive good points."""
-    later = [p for p in points if after is None or p.ts > after]
-    applicable = [p for p in later if p.bad is not None]
-    if not applicable or applicable[-1].bad:
-        return None
+    # One pass (this runs over hours of samples on every scan).
+    start = 0 if after is None else bisect_right(points, after, key=lambda p: p.ts)
+    first_good: datetime | None = None
+    last_good: datetime | None = None
+    latest_bad = False
     good_time = timedelta(0)
-    for prev, cur in pairwise(later):
-        if prev.bad is False and cur.bad is False and cur.ts - prev.ts <= max_gap:
-            good_time += cur.ts - prev.ts
-    goods = [p for p in applicable if p.bad is False]
-    return goods[0].ts, goods[-1].ts, good_time
+    previous: Point | None = None
+    for i in range(start, len(points)):
+        point = points[i]
+        bad = point.bad
+        if bad is False:
+            if first_good is None:
+                first_good = point.ts
+            last_good = point.ts
+            latest_bad = False
+            if previous is not None and previous.bad is False:
+                step = point.ts - previous.ts
+                if step <= max_gap:
+                    good_time += step
+        elif bad is True:
+            latest_bad = True
+        previous = point
+    if latest_bad or first_good is None or last_good is None:
+        return None
+    return first_good, last_good, good_time
 
 
 @dataclass(frozen=True)
@@ -372,32 +390,64 @@ def level_findings(
 ) -> list[Finding]:
     """Firing findings for qualifying bad spells, and a clear when compliance is proven.
 
-    `describe` gives the measured value and the Chinese summary of a spell.
+    `points` in time order; `describe` gives the measured value and the Chinese summary of a
+    spell.
     """
     firing = [s for s in bad_spells(points, rule.max_gap) if rule.qualifies(s)]
     findings = [_spell_finding(rule, site, device, s, describe) for s in firing]
     last = firing[-1] if firing else None
     stretch = good_stretch(points, last.last if last else None, rule.max_gap)
-    if stretch is not None and stretch[2] >= rule.clear_after:
-        first_good, last_good, good_time = stretch
-        findings.append(
-            Finding(
-                rule=rule.spec.id,
-                site_id=site.site_id,
-                device_id=device.device_id,
-                state="clear",
-                severity=rule.severity,
-                limit=rule.limit,
-                unit=rule.unit,
-                summary=rule.clear_summary,
-                evidence_from=first_good,
-                evidence_to=last_good,
-                evidence_metric=rule.metric,
-                episode=rule.episode(last) if last else f"{rule.metric}@ok",
-                details={"compliant_s": good_time.total_seconds()},
-            )
-        )
+    if stretch is not None:
+        clear = level_clear(rule, site, device, stretch, last)
+        findings += [clear] if clear else []
     return findings
+
+
+def all_good_findings(
+    rule: LevelRule, site: SiteData, device: DeviceData, times: Sequence[datetime]
+) -> list[Finding]:
+    """What `level_findings` gives when every point (at `times`, in order) is good, without a
+    point object per sample: the clear, if the good time reaches `clear_after`."""
+    if not times:
+        return []
+    good_time = timedelta(0)
+    gap = rule.max_gap
+    previous = times[0]
+    for ts in times:
+        step = ts - previous
+        if step <= gap:
+            good_time += step
+        previous = ts
+    clear = level_clear(rule, site, device, (times[0], times[-1], good_time), None)
+    return [clear] if clear else []
+
+
+def level_clear(
+    rule: LevelRule,
+    site: SiteData,
+    device: DeviceData,
+    stretch: tuple[datetime, datetime, timedelta],
+    last: Spell | None,
+) -> Finding | None:
+    """The clear of a level rule: compliant evidence after the last firing spell, if long enough."""
+    first_good, last_good, good_time = stretch
+    if good_time < rule.clear_after:
+        return None
+    return Finding(
+        rule=rule.spec.id,
+        site_id=site.site_id,
+        device_id=device.device_id,
+        state="clear",
+        severity=rule.severity,
+        limit=rule.limit,
+        unit=rule.unit,
+        summary=rule.clear_summary,
+        evidence_from=first_good,
+        evidence_to=last_good,
+        evidence_metric=rule.metric,
+        episode=rule.episode(last) if last else f"{rule.metric}@ok",
+        details={"compliant_s": good_time.total_seconds()},
+    )
 
 
 def since_label(first: datetime, window_start: datetime | None, slack: timedelta) -> str:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from weijian.alerts.detectors.common import (
     DeviceDetector,
@@ -31,8 +32,7 @@ from weijian.telemetry import Reading
 _METRICS = ("running", "conveyor_speed_m_min", "rinse_temp_c")
 
 
-@dataclass(frozen=True)
-class DishState:
+class DishState(NamedTuple):
     """What the machine was doing at one sample time (latest value of each metric)."""
 
     ts: datetime
@@ -65,31 +65,33 @@ def _timeline(device: DeviceData, max_gap: timedelta) -> list[DishState]:
         rows = sorted(
             (r for r in device.readings if r.metric in _METRICS), key=lambda r: (r.ts, r.seq or 0)
         )
-    seen: dict[str, tuple[datetime, float]] = {}
+    # Each metric's last (time, value); a value older than `max_gap` at a state is not held.
+    # Plain locals rather than a dict and a call per metric: this runs over hours of samples.
+    never = (datetime.min.replace(tzinfo=UTC), 0.0)
+    speed_at, running_at, rinse_at = never, never, never
     states: list[DishState] = []
     last = len(rows) - 1
     for i, reading in enumerate(rows):
         ts = reading.ts
-        seen[reading.metric] = (ts, reading.value)
+        metric = reading.metric
+        if metric == "conveyor_speed_m_min":
+            speed_at = (ts, reading.value)
+        elif metric == "running":
+            running_at = (ts, reading.value)
+        else:
+            rinse_at = (ts, reading.value)
         if i < last and rows[i + 1].ts == ts:
             continue  # the rest of the same message first
-        speed = _fresh(seen, "conveyor_speed_m_min", ts, max_gap)
-        running = _fresh(seen, "running", ts, max_gap)
+        speed = speed_at[1] if ts - speed_at[0] <= max_gap else None
+        running = running_at[1] if ts - running_at[0] <= max_gap else None
+        rinse = rinse_at[1] if ts - rinse_at[0] <= max_gap else None
         is_running = running >= 0.5 if running is not None else (speed or 0.0) > 0
-        states.append(DishState(ts, is_running, speed, _fresh(seen, "rinse_temp_c", ts, max_gap)))
+        states.append(DishState(ts, is_running, speed, rinse))
     return states
 
 
 def _by_ts(reading: Reading) -> datetime:
     return reading.ts
-
-
-def _fresh(
-    seen: dict[str, tuple[datetime, float]], metric: str, at: datetime, max_gap: timedelta
-) -> float | None:
-    """The metric's last value, if it is at most `max_gap` old at `at`."""
-    held = seen.get(metric)
-    return held[1] if held is not None and at - held[0] <= max_gap else None
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from itertools import pairwise
+from typing import NamedTuple
 
 from weijian.alerts.detectors.common import (
     DeviceDetector,
@@ -13,6 +13,7 @@ from weijian.alerts.detectors.common import (
     LevelRule,
     Point,
     Spell,
+    all_good_findings,
     between,
     iso,
     level_findings,
@@ -22,6 +23,7 @@ from weijian.alerts.detectors.common import (
     seconds,
     series,
     spell_episode,
+    upto,
 )
 from weijian.alerts.detectors.dish import timeline
 from weijian.alerts.detectors.presence import offline_after
@@ -49,21 +51,38 @@ FLAT_WINDOWS: dict[tuple[DeviceKind, str], str] = {
 _RATE_MAX_SEQ_STEP = 5
 
 
-def flat_runs(samples: Sequence[Reading], max_gap: timedelta) -> list[Spell]:
-    """Runs of consecutive identical values; a gap longer than `max_gap` breaks a run."""
-    runs: list[Spell] = []
-    run: list[Reading] = []
-    for sample in [*samples, None]:
-        if run and (
-            sample is None or sample.value != run[0].value or sample.ts - run[-1].ts > max_gap
-        ):
-            changed = sample is not None and sample.ts - run[-1].ts <= max_gap
-            end = None if sample is None else run[-1].ts
-            runs.append(Spell(tuple(Point(r.ts, r.value, True) for r in run), end, changed))
-            run = []
-        if sample is not None:
-            run.append(sample)
+class _Run(NamedTuple):
+    """A run of identical values: samples[start:stop]; `end` its last sample time once over
+    (None for the run still going on), `changed` whether the value changed right after it
+    (rather than data missing for longer than the gap)."""
+
+    start: int
+    stop: int
+    end: datetime | None
+    changed: bool
+
+
+def _runs(samples: Sequence[Reading], max_gap: timedelta) -> list[_Run]:
+    """Runs of consecutive identical values; a gap longer than `max_gap` breaks a run. Index
+    ranges, not objects per sample: this runs over hours of samples on every scan."""
+    if not samples:
+        return []
+    runs: list[_Run] = []
+    start, value, last = 0, samples[0].value, samples[0].ts
+    for i in range(1, len(samples)):
+        sample = samples[i]
+        step = sample.ts - last
+        if sample.value != value or step > max_gap:
+            runs.append(_Run(start, i, last, step <= max_gap))
+            start, value = i, sample.value
+        last = sample.ts
+    runs.append(_Run(start, len(samples), None, False))
     return runs
+
+
+def _spell(samples: Sequence[Reading], run: _Run) -> Spell:
+    points = tuple(Point(r.ts, r.value, True) for r in samples[run.start : run.stop])
+    return Spell(points, run.end, run.changed)
 
 
 class FlatlineDetector(DeviceDetector):
@@ -110,26 +129,39 @@ class FlatlineDetector(DeviceDetector):
             if kind != device.kind:
                 continue
             window = timedelta(minutes=site.profile.number(key, device.device_id))
-            samples = [r for r in series(device, metric) if r.ts <= now]
+            samples = upto(series(device, metric), now)
             if busy is not None:
                 samples = [r for r in samples if r.ts in busy]
             spec = kind_spec(kind).metric(metric)
-            runs = flat_runs(samples, max_gap)
-            flat = [r for r in runs if _flat(r, window, min_samples, spec)]
+            runs = _runs(samples, max_gap)
+            flat = [r for r in runs if _flat(samples, r, window, min_samples, spec)]
             since = now - self.lookback
+            spells = [_spell(samples, r) for r in flat]
             findings += [
                 self._firing(
                     site,
                     device,
                     metric,
-                    r,
+                    spell,
                     window=window,
-                    episode=spell_episode(metric, r, since, max_gap),
+                    episode=spell_episode(metric, spell, since, max_gap),
                 )
-                for r in flat
+                for spell in spells
             ]
-            clear = self._clear(site, device, metric, runs, flat=flat, window=(since, max_gap))
-            findings += [clear] if clear else []
+            if not runs:
+                continue
+            first = [samples[r.start].ts for r in runs]
+            if flat:
+                if not flat[-1].changed:
+                    continue
+                after = first[runs.index(flat[-1]) + 1]
+                episode = spell_episode(metric, spells[-1], since, max_gap)
+            elif len(runs) >= 2:
+                after, episode = first[1], f"{metric}@varying"
+            else:
+                continue
+            last = samples[runs[-1].stop - 1].ts
+            findings.append(self._clear(site, device, metric, (after, last), episode))
         return findings
 
     def _batches(
@@ -187,21 +219,12 @@ class FlatlineDetector(DeviceDetector):
         site: SiteData,
         device: DeviceData,
         metric: str,
-        runs: list[Spell],
-        *,
-        flat: list[Spell],
-        window: tuple[datetime, timedelta],
-    ) -> Finding | None:
-        """Positive evidence: the value changed after the last flat run (or varies at all)."""
-        if flat:
-            if not flat[-1].ended_by_good:
-                return None
-            since = runs[runs.index(flat[-1]) + 1].first
-            episode = spell_episode(metric, flat[-1], *window)
-        elif len(runs) >= 2:
-            since, episode = runs[1].first, f"{metric}@varying"
-        else:
-            return None
+        varying: tuple[datetime, datetime],
+        episode: str,
+    ) -> Finding:
+        """Positive evidence: the value changed after the last flat run (or varies at all),
+        from `varying[0]` (the first sample after it) to the last sample."""
+        since, last = varying
         return Finding(
             rule=self.rule.id,
             site_id=site.site_id,
@@ -210,7 +233,7 @@ class FlatlineDetector(DeviceDetector):
             severity=Sev.MAJOR,
             summary=f"{metric} 数据已恢复变化",
             evidence_from=since,
-            evidence_to=max(since, runs[-1].last),
+            evidence_to=max(since, last),
             evidence_metric=metric,
             episode=episode,
         )
@@ -226,9 +249,18 @@ def _busy_times(device: DeviceData, max_gap: timedelta) -> set[datetime] | None:
     return None
 
 
-def _flat(run: Spell, window: timedelta, min_samples: int, spec: MetricSpec | None) -> bool:
-    at_bound = spec is not None and run.values[0] in (spec.low, spec.high)
-    return run.duration >= window and len(run.points) >= min_samples and not at_bound
+def _flat(
+    samples: Sequence[Reading],
+    run: _Run,
+    window: timedelta,
+    min_samples: int,
+    spec: MetricSpec | None,
+) -> bool:
+    if run.stop - run.start < min_samples:
+        return False
+    value = samples[run.start].value
+    at_bound = spec is not None and value in (spec.low, spec.high)
+    return samples[run.stop - 1].ts - samples[run.start].ts >= window and not at_bound
 
 
 class OutOfRangeDetector(DeviceDetector):
@@ -265,7 +297,7 @@ class OutOfRangeDetector(DeviceDetector):
         max_gap = offline_after(site, device)
         findings: list[Finding] = []
         for spec in kind_spec(device.kind).metrics:
-            samples = [r for r in series(device, spec.name) if r.ts <= now]
+            samples = upto(series(device, spec.name), now)
             level = LevelRule(
                 spec=self.rule,
                 metric=spec.name,
@@ -277,16 +309,16 @@ class OutOfRangeDetector(DeviceDetector):
                 clear_summary=f"{spec.name} 数据已回到量程内",
                 window_start=now - self.lookback,
             )
-            points = [Point(r.ts, r.value, not spec.low <= r.value <= spec.high) for r in samples]
-
-            def describe(spell: Spell, spec: MetricSpec = spec) -> tuple[float, str]:
-                worst = max(spell.values, key=lambda v: max(spec.low - v, v - spec.high))
-                return worst, (
-                    f"{spec.name} = {worst:g} 超出物理量程 [{spec.low:g}, {spec.high:g}]"
-                    f"（{len(spell.points)} 个数据）"
-                )
-
-            findings += level_findings(level, site, device, points, describe)
+            values = [r.value for r in samples]
+            if not values or (spec.low <= min(values) and max(values) <= spec.high):
+                # The usual case, every sample in range: no point object per sample.
+                findings += all_good_findings(level, site, device, [r.ts for r in samples])
+            else:
+                points = [
+                    Point(r.ts, v, not spec.low <= v <= spec.high)
+                    for r, v in zip(samples, values, strict=True)
+                ]
+                findings += level_findings(level, site, device, points, _describe_range(spec))
             findings += self._rates(site, device, spec, samples)
         return findings
 
@@ -296,7 +328,7 @@ class OutOfRangeDetector(DeviceDetector):
         if spec.max_rate_per_s is None:
             return []
         findings: list[Finding] = []
-        for a, b in pairwise(samples):
+        for a, b in _fast_pairs(samples, spec, spec.max_rate_per_s):
             rate = _rate(a, b, spec)
             if rate is None or rate <= spec.max_rate_per_s:
                 continue
@@ -324,6 +356,41 @@ class OutOfRangeDetector(DeviceDetector):
                 )
             )
         return findings
+
+
+def _describe_range(spec: MetricSpec) -> Callable[[Spell], tuple[float, str]]:
+    def describe(spell: Spell) -> tuple[float, str]:
+        worst = max(spell.values, key=lambda v: max(spec.low - v, v - spec.high))
+        return worst, (
+            f"{spec.name} = {worst:g} 超出物理量程 [{spec.low:g}, {spec.high:g}]"
+            f"（{len(spell.points)} 个数据）"
+        )
+
+    return describe
+
+
+def _fast_pairs(
+    samples: Sequence[Reading], spec: MetricSpec, limit: float
+) -> list[tuple[Reading, Reading]]:
+    """The neighbours whose change might be too fast, for `_rate` to judge: a pass without a
+    function call per pair (it runs over every sample of every scan). A pair left out changes
+    by at most `limit` per second or is never compared."""
+    low, high = spec.low, spec.high
+    out: list[tuple[Reading, Reading]] = []
+    previous: Reading | None = None
+    for b in samples:
+        a, previous = previous, b
+        if a is None:
+            continue
+        change = b.value - a.value
+        if change < 0:
+            change = -change
+        if change == 0 or not (low <= a.value <= high and low <= b.value <= high):
+            continue
+        # A hair below the limit, so rounding never hides a pair `_rate` would flag.
+        if change >= limit * (b.ts - a.ts).total_seconds() * (1 - 1e-9):
+            out.append((a, b))
+    return out
 
 
 def _rate(a: Reading, b: Reading, spec: MetricSpec) -> float | None:
