@@ -484,3 +484,50 @@ async def test_a_spell_that_went_on_and_is_later_renamed_is_not_news(settings: S
             )
             == []
         )
+
+
+@pytest.mark.anyio
+async def test_the_latest_clear_of_a_run_resolves_even_with_older_ones_beside_it(
+    settings: Settings,
+) -> None:
+    # One run over a window holding a good basket, the bad one, then another good one: the
+    # window's latest evidence is compliant, whatever came before the violation.
+    conn, site = await setup(settings, kind="disinfection_plant")
+    async with conn:
+        bad = basket(site, 2, NOW)
+        await service.apply_findings(conn=conn, findings=[bad], now=NOW)
+        later = NOW + timedelta(minutes=20)
+        window = [
+            basket(site, 1, NOW - timedelta(minutes=10), state="clear"),
+            bad,
+            basket(site, 3, later, state="clear"),
+        ]
+        changes = await service.apply_findings(conn=conn, findings=window, now=later)
+        assert [c.kind for c in changes] == ["resolved"]
+
+
+@pytest.mark.anyio
+async def test_a_violation_during_a_maintenance_window_stays_muted_after_it(
+    settings: Settings,
+) -> None:
+    conn, site = await setup(settings, kind="disinfection_plant")
+    async with conn:
+        await service.add_silence(
+            conn=conn,
+            site_id=site,
+            device_id=None,
+            rule=None,
+            starts_at=NOW - timedelta(hours=1),
+            ends_at=NOW + timedelta(minutes=30),
+            reason="检修",
+            actor="admin",
+        )
+        during = basket(site, 1, NOW)
+        after = NOW + timedelta(hours=1)
+        # Judged again once the window is over (it is still in the data window): muted.
+        assert await service.apply_findings(conn=conn, findings=[during], now=after) == []
+        # A violation after the window raises as usual.
+        changes = await service.apply_findings(
+            conn=conn, findings=[basket(site, 2, after)], now=after
+        )
+        assert [c.kind for c in changes] == ["fired"]

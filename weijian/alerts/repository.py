@@ -21,21 +21,26 @@ _ALERT_COLUMNS = (
 )
 
 
-async def get_active(*, conn: AsyncConn, fingerprint: str) -> dict[str, Any] | None:
+async def latest_alerts(
+    *, conn: AsyncConn, fingerprints: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Each fingerprint's most recent alert (the active one if any: at most one is, and it is
+    the latest), locked, with who resolved it: what the lifecycle decides on, read at once."""
+    if not fingerprints:
+        return {}
     cur = await conn.execute(
-        f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE fingerprint = %s AND status <> 'resolved'"
-        " FOR UPDATE",
-        (fingerprint,),
+        f"SELECT {_ALERT_COLUMNS}, resolved_by FROM alerts WHERE id IN ("
+        " SELECT DISTINCT ON (fingerprint) id FROM alerts WHERE fingerprint = ANY(%s)"
+        " ORDER BY fingerprint, id DESC) ORDER BY id FOR UPDATE",
+        (list(fingerprints),),
     )
-    return await cur.fetchone()
+    return {str(row["fingerprint"]): row for row in await cur.fetchall()}
 
 
-async def get_latest(*, conn: AsyncConn, fingerprint: str) -> dict[str, Any] | None:
-    """The fingerprint's most recent alert (whatever its status), locked, with who resolved it."""
+async def alert_row(*, conn: AsyncConn, alert_id: int) -> dict[str, Any] | None:
+    """One alert as the lifecycle reads it (with who resolved it)."""
     cur = await conn.execute(
-        f"SELECT {_ALERT_COLUMNS}, resolved_by FROM alerts WHERE fingerprint = %s"
-        " ORDER BY id DESC LIMIT 1 FOR UPDATE",
-        (fingerprint,),
+        f"SELECT {_ALERT_COLUMNS}, resolved_by FROM alerts WHERE id = %s", (alert_id,)
     )
     return await cur.fetchone()
 
@@ -83,12 +88,19 @@ async def list_alerts(
     return [Alert.model_validate(r) for r in await cur.fetchall()]
 
 
-async def episode_seen(*, conn: AsyncConn, fingerprint: str, episode: str) -> bool:
-    cur = await conn.execute(
-        "SELECT 1 FROM alert_episodes WHERE fingerprint = %s AND episode = %s",
-        (fingerprint, episode),
-    )
-    return await cur.fetchone() is not None
+async def seen_episodes(
+    *, conn: AsyncConn, fingerprints: Sequence[str], episodes: Sequence[str]
+) -> set[tuple[str, str]]:
+    """Which of the (fingerprint, episode) combinations were raised before."""
+    if not fingerprints or not episodes:
+        return set()
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(
+            "SELECT fingerprint, episode FROM alert_episodes"
+            " WHERE fingerprint = ANY(%s) AND episode = ANY(%s)",
+            (list(fingerprints), list(episodes)),
+        )
+        return {(str(f), str(e)) for f, e in await cur.fetchall()}
 
 
 async def record_episode(
@@ -166,11 +178,14 @@ async def history(*, conn: AsyncConn, alert_id: int) -> list[dict[str, Any]]:
     return list(await cur.fetchall())
 
 
-async def active_silences(*, conn: AsyncConn, at: datetime) -> list[dict[str, Any]]:
+async def silences_overlapping(
+    *, conn: AsyncConn, start: datetime, end: datetime
+) -> list[dict[str, Any]]:
+    """Silences in force at some time in [start, end]."""
     cur = await conn.execute(
         "SELECT id, site_id, device_id, rule, starts_at, ends_at, reason, created_by FROM silences"
         " WHERE starts_at <= %s AND ends_at > %s",
-        (at, at),
+        (end, start),
     )
     return list(await cur.fetchall())
 
@@ -196,22 +211,29 @@ async def insert_silence(
     return int(row["id"])
 
 
-async def silent_sites(*, conn: AsyncConn) -> set[str]:
-    """Sites with an active site-level `device.offline` alert (every device silent)."""
-    cur = await conn.execute(
-        "SELECT site_id FROM alerts WHERE rule = 'device.offline' AND status <> 'resolved'"
-        " AND device_id IS NULL"
-    )
-    return {str(r["site_id"]) for r in await cur.fetchall()}
+async def offline_at(*, conn: AsyncConn, site_ids: Sequence[str]) -> tuple[set[str], set[str]]:
+    """Of the sites: devices with an active `device.offline` alert, and sites with an active
+    site-level one (every device silent) — what inhibits their other alerts."""
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(
+            "SELECT site_id, device_id FROM alerts WHERE rule = 'device.offline'"
+            " AND status <> 'resolved' AND site_id = ANY(%s)",
+            (list(site_ids),),
+        )
+        rows = await cur.fetchall()
+    devices = {str(d) for _, d in rows if d is not None}
+    sites = {str(s) for s, d in rows if d is None}
+    return devices, sites
 
 
-async def offline_devices(*, conn: AsyncConn) -> set[str]:
-    """Devices with an active `device.offline` alert (their data rules are inhibited)."""
-    cur = await conn.execute(
-        "SELECT device_id FROM alerts WHERE rule = 'device.offline' AND status <> 'resolved'"
-        " AND device_id IS NOT NULL"
-    )
-    return {str(r["device_id"]) for r in await cur.fetchall()}
+async def active_rules(*, conn: AsyncConn, site_id: str) -> frozenset[tuple[str, str | None]]:
+    """(rule, device) of the site's active alerts."""
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(
+            "SELECT rule, device_id FROM alerts WHERE site_id = %s AND status <> 'resolved'",
+            (site_id,),
+        )
+        return frozenset((str(r), None if d is None else str(d)) for r, d in await cur.fetchall())
 
 
 # -- detector input ------------------------------------------------------------------------

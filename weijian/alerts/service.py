@@ -61,7 +61,9 @@ def _evidence_time(finding: Finding, now: datetime) -> datetime:
     return finding.ended_at or finding.evidence_to or finding.started_at or now
 
 
-def _silenced(finding: Finding, silences: Sequence[dict[str, Any]]) -> bool:
+def _silenced(finding: Finding, silences: Sequence[dict[str, Any]], now: datetime) -> bool:
+    """In a silence's scope while it is in force, or (a closed episode) when it happened."""
+    happened = now if finding.ended_at is None else _evidence_time(finding, now)
     for s in silences:
         if s["site_id"] is not None and s["site_id"] != finding.site_id:
             continue
@@ -69,7 +71,8 @@ def _silenced(finding: Finding, silences: Sequence[dict[str, Any]]) -> bool:
             continue
         if s["rule"] is not None and s["rule"] != finding.rule:
             continue
-        return True
+        if any(s["starts_at"] <= t < s["ends_at"] for t in (now, happened)):
+            return True
     return False
 
 
@@ -143,28 +146,88 @@ def _silent_sites(findings: Sequence[Finding], stored: set[str]) -> set[str]:
     return silent
 
 
+@dataclass
+class _Known:
+    """The stored alerts and episodes one evaluation's findings touch: read in one round of
+    queries (not two per finding: a scan re-reads hours of episodes raised before) and kept
+    current as the evaluation writes."""
+
+    # fingerprint → its latest alert (locked), with who resolved it
+    latest: dict[str, dict[str, Any]]
+    seen: set[tuple[str, str]]
+
+    def active(self, key: str) -> dict[str, Any] | None:
+        row = self.latest.get(key)
+        return row if row is not None and row["status"] != AlertStatus.RESOLVED.value else None
+
+    def updated(self, row: dict[str, Any], values: dict[str, Any]) -> None:
+        row.update(values)
+
+    async def reload(self, conn: AsyncConn, key: str, alert_id: int) -> None:
+        row = await repository.alert_row(conn=conn, alert_id=alert_id)
+        if row is not None:
+            self.latest[key] = row
+
+    async def record_episode(
+        self, conn: AsyncConn, key: str, episode: str, alert_id: int, now: datetime
+    ) -> None:
+        await repository.record_episode(
+            conn=conn, fingerprint=key, episode=episode, alert_id=alert_id, at=now
+        )
+        self.seen.add((key, episode))
+
+
+async def _known(conn: AsyncConn, findings: Sequence[Finding]) -> _Known:
+    keys = sorted({fingerprint(f.rule, f.site_id, f.device_id) for f in findings})
+    episodes = sorted({f.episode for f in findings if f.episode})
+    return _Known(
+        await repository.latest_alerts(conn=conn, fingerprints=keys),
+        await repository.seen_episodes(conn=conn, fingerprints=keys, episodes=episodes),
+    )
+
+
+def _latest_clears(findings: Sequence[Finding], now: datetime) -> set[int]:
+    """Per fingerprint, the clear with the latest evidence (ids of the findings): the state a
+    run leaves a (device, rule) in is its latest evidence (`common.current_state`)."""
+    best: dict[str, Finding] = {}
+    for f in findings:
+        if f.state != "clear":
+            continue
+        key = fingerprint(f.rule, f.site_id, f.device_id)
+        held = best.get(key)
+        if held is None or _evidence_time(f, now) >= _evidence_time(held, now):
+            best[key] = f
+    return {id(f) for f in best.values()}
+
+
 async def apply_findings(
     *, conn: AsyncConn, findings: Sequence[Finding], now: datetime
 ) -> list[AlertChange]:
     """Reconcile findings with stored alerts, in the caller's transaction."""
     findings = fold_silent_sites(findings)
-    silences = await repository.active_silences(conn=conn, at=now)
-    offline = await repository.offline_devices(conn=conn)
-    silent_sites = _silent_sites(findings, await repository.silent_sites(conn=conn))
+    if not findings:
+        return []
+    times = [_evidence_time(f, now) for f in findings]
+    silences = await repository.silences_overlapping(
+        conn=conn, start=min([*times, now]), end=max([*times, now])
+    )
+    offline, stored_silent = await repository.offline_at(
+        conn=conn, site_ids=sorted({f.site_id for f in findings})
+    )
+    silent_sites = _silent_sites(findings, stored_silent)
+    known = await _known(conn, findings)
     changes: list[AlertChange] = []
     ordered = sorted(findings, key=lambda f: (_evidence_time(f, now), f.state == "firing"))
-    cleared_now: set[str] = set()
+    clears = _latest_clears(findings, now)
     for finding in ordered:
         if finding.state == "firing":
-            if _silenced(finding, silences) or _inhibited(finding, offline, silent_sites):
+            if _silenced(finding, silences, now) or _inhibited(finding, offline, silent_sites):
                 continue
-            change = await _fire(conn, finding, now)
+            change = await _fire(conn, finding, now, known)
         else:
-            key = fingerprint(finding.rule, finding.site_id, finding.device_id)
-            if key in cleared_now:
-                continue  # one clear step per fingerprint per evaluation
-            cleared_now.add(key)
-            change = await _clear(conn, finding, now)
+            if id(finding) not in clears:
+                continue  # one clear step per fingerprint per evaluation: its latest evidence
+            change = await _clear(conn, finding, now, known)
         if change is not None:
             changes.append(change)
     return changes
@@ -184,14 +247,18 @@ def _evidence(finding: Finding) -> dict[str, Any]:
 
 
 async def _late_occurrence(
-    conn: AsyncConn, latest: dict[str, Any], finding: Finding, key: str, now: datetime
+    conn: AsyncConn,
+    latest: dict[str, Any],
+    finding: Finding,
+    *,
+    key: str,
+    now: datetime,
+    known: _Known,
 ) -> None:
     """Record an old violation on the resolved alert that covered it (once per episode)."""
-    if not finding.episode:
+    if not finding.episode or (key, finding.episode) in known.seen:
         return
-    await repository.record_episode(
-        conn=conn, fingerprint=key, episode=finding.episode, alert_id=int(latest["id"]), at=now
-    )
+    await known.record_episode(conn, key, finding.episode, int(latest["id"]), now)
 
 
 async def _record_firing(
@@ -204,12 +271,11 @@ async def _record_firing(
     from_status: str | None,
     severity: Severity,
     now: datetime,
+    known: _Known,
 ) -> None:
     """The episode (seen once) and the history entry of an alert that fires or fires again."""
     if finding.episode:
-        await repository.record_episode(
-            conn=conn, fingerprint=key, episode=finding.episode, alert_id=alert_id, at=now
-        )
+        await known.record_episode(conn, key, finding.episode, alert_id, now)
     await repository.add_history(
         conn=conn,
         alert_id=alert_id,
@@ -232,33 +298,34 @@ async def _reopen(
     key: str,
     seen_at: datetime,
     now: datetime,
+    known: _Known,
 ) -> AlertChange:
     """The resolved alert fires again: the same incident continues (no new notification)."""
     alert_id = int(latest["id"])
     severity = max(Severity(latest["severity"]), finding.severity, key=lambda v: v.rank)
-    await repository.update_alert(
-        conn=conn,
-        alert_id=alert_id,
-        values={
-            "status": AlertStatus.FIRING.value,
-            "severity": severity.value,
-            "resolved_at": None,
-            "resolved_by": None,
-            "last_seen_at": seen_at,
-            "clear_streak": 0,
-            "occurrences": int(latest["occurrences"]) + 1,
-            **_evidence(finding),
-        },
-    )
+    status = latest["status"]
+    values = {
+        "status": AlertStatus.FIRING.value,
+        "severity": severity.value,
+        "resolved_at": None,
+        "resolved_by": None,
+        "last_seen_at": seen_at,
+        "clear_streak": 0,
+        "occurrences": int(latest["occurrences"]) + 1,
+        **_evidence(finding),
+    }
+    await repository.update_alert(conn=conn, alert_id=alert_id, values=values)
+    known.updated(latest, values)
     await _record_firing(
         conn,
         key=key,
         finding=finding,
         alert_id=alert_id,
         action="reopened",
-        from_status=latest["status"],
+        from_status=status,
         severity=severity,
         now=now,
+        known=known,
     )
     return AlertChange(
         "reopened",
@@ -271,32 +338,34 @@ async def _reopen(
     )
 
 
-async def _fire(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChange | None:
+async def _fire(
+    conn: AsyncConn, finding: Finding, now: datetime, known: _Known
+) -> AlertChange | None:
     key = fingerprint(finding.rule, finding.site_id, finding.device_id)
     seen_at = _evidence_time(finding, now)
-    active = await repository.get_active(conn=conn, fingerprint=key)
-    repeat = bool(finding.episode) and await repository.episode_seen(
-        conn=conn, fingerprint=key, episode=str(finding.episode)
-    )
+    active = known.active(key)
+    repeat = bool(finding.episode) and (key, str(finding.episode)) in known.seen
     if repeat and (active is None or Severity(active["severity"]).rank >= finding.severity.rank):
         # This episode was raised already (and has not grown more severe). Its evidence may
         # have grown (a spell that went on): the alert's last violation moves with it.
         if active is not None and seen_at > active["last_seen_at"]:
-            await repository.update_alert(
-                conn=conn, alert_id=int(active["id"]), values={"last_seen_at": seen_at}
-            )
+            moved = {"last_seen_at": seen_at}
+            await repository.update_alert(conn=conn, alert_id=int(active["id"]), values=moved)
+            known.updated(active, moved)
         return None
     if active is None:
-        latest = await repository.get_latest(conn=conn, fingerprint=key)
+        latest = known.latest.get(key)
         if latest is not None and latest["resolved_by"] == SYSTEM:
             if seen_at <= latest["last_seen_at"]:
                 # Not news: a violation no later than what the resolved alert covered (e.g. a
                 # closed spell renamed as the data window slides past its start).
-                await _late_occurrence(conn, latest, finding, key, now)
+                await _late_occurrence(conn, latest, finding, key=key, now=now, known=known)
                 return None
             start = finding.started_at or seen_at
             if start - latest["last_seen_at"] <= REOPEN_WITHIN:
-                return await _reopen(conn, latest, finding, key=key, seen_at=seen_at, now=now)
+                return await _reopen(
+                    conn, latest, finding, key=key, seen_at=seen_at, now=now, known=known
+                )
     evidence = _evidence(finding)
     if active is None:
         alert_id = await repository.insert_alert(
@@ -315,6 +384,7 @@ async def _fire(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChange
                 **evidence,
             },
         )
+        await known.reload(conn, key, alert_id)
         await _record_firing(
             conn,
             key=key,
@@ -324,6 +394,7 @@ async def _fire(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChange
             from_status=None,
             severity=finding.severity,
             now=now,
+            known=known,
         )
         return AlertChange(
             "fired",
@@ -339,15 +410,13 @@ async def _fire(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChange
     current = Severity(active["severity"])
     if finding.episode is None and current.rank >= finding.severity.rank:
         # The same ongoing condition: refresh its evidence, no new occurrence.
-        await repository.update_alert(
-            conn=conn,
-            alert_id=alert_id,
-            values={
-                "last_seen_at": max(seen_at, active["last_seen_at"]),
-                "clear_streak": 0,
-                **evidence,
-            },
-        )
+        refresh = {
+            "last_seen_at": max(seen_at, active["last_seen_at"]),
+            "clear_streak": 0,
+            **evidence,
+        }
+        await repository.update_alert(conn=conn, alert_id=alert_id, values=refresh)
+        known.updated(active, refresh)
         return None
     values: dict[str, Any] = {
         "last_seen_at": max(seen_at, active["last_seen_at"]),
@@ -356,20 +425,20 @@ async def _fire(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChange
     }
     if finding.episode and not repeat:
         values["occurrences"] = int(active["occurrences"]) + 1
-        await repository.record_episode(
-            conn=conn, fingerprint=key, episode=finding.episode, alert_id=alert_id, at=now
-        )
+        await known.record_episode(conn, key, finding.episode, alert_id, now)
     escalated = finding.severity.rank > current.rank
     if escalated:
         values["severity"] = finding.severity.value
+    status = active["status"]
     await repository.update_alert(conn=conn, alert_id=alert_id, values=values)
+    known.updated(active, values)
     await repository.add_history(
         conn=conn,
         alert_id=alert_id,
         action="escalated" if escalated else "repeated",
         actor=SYSTEM,
-        from_status=active["status"],
-        to_status=active["status"],
+        from_status=status,
+        to_status=status,
         severity=(finding.severity if escalated else current).value,
         at=now,
         note=finding.summary,
@@ -388,9 +457,11 @@ async def _fire(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChange
     return None
 
 
-async def _clear(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChange | None:
+async def _clear(
+    conn: AsyncConn, finding: Finding, now: datetime, known: _Known
+) -> AlertChange | None:
     key = fingerprint(finding.rule, finding.site_id, finding.device_id)
-    active = await repository.get_active(conn=conn, fingerprint=key)
+    active = known.active(key)
     if active is None:
         return None
     if _evidence_time(finding, now) <= active["last_seen_at"]:
@@ -400,7 +471,9 @@ async def _clear(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChang
     alert_id = int(active["id"])
     if streak < needed:
         await repository.update_alert(conn=conn, alert_id=alert_id, values={"clear_streak": streak})
+        known.updated(active, {"clear_streak": streak})
         return None
+    resolved = {"resolved_at": now, "resolved_by": SYSTEM, "clear_streak": streak}
     await _move(
         conn,
         active,
@@ -408,8 +481,9 @@ async def _clear(conn: AsyncConn, finding: Finding, now: datetime) -> AlertChang
         actor=SYSTEM,
         now=now,
         note=finding.summary or "condition cleared",
-        values={"resolved_at": now, "resolved_by": SYSTEM, "clear_streak": streak},
+        values=resolved,
     )
+    known.updated(active, {"status": AlertStatus.RESOLVED.value, **resolved})
     return AlertChange(
         "resolved",
         alert_id,
