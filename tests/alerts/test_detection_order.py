@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 
 import pytest
@@ -31,16 +31,23 @@ class _Recording(DetectionLoop):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.calls: list[tuple[list[str], dict[str, datetime]]] = []
         self.focus: list[dict[str, set[str]]] = []
+        self.triggers: list[tuple[str, bool]] = []
+        self.new_data: list[dict[str, datetime | None]] = []
 
     async def evaluate(
         self,
-        site_ids: Sequence[str],
+        site_id: str,
         trigger: str,
+        *,
         since: Mapping[str, datetime] | None = None,
         focus: Mapping[str, Collection[str]] | None = None,
+        new_data: Mapping[str, datetime | None] | None = None,
+        narrow: bool = True,
     ) -> EvaluationResult:
-        self.calls.append((list(site_ids), dict(since or {})))
+        self.calls.append(([site_id], dict(since or {})))
         self.focus.append({k: set(v) for k, v in (focus or {}).items()})
+        self.triggers.append((trigger, narrow))
+        self.new_data.append(dict(new_data or {}))
         return EvaluationResult()
 
 
@@ -87,8 +94,14 @@ async def test_stream_evaluates_sites_one_at_a_time_in_arrival_order(settings: S
         await pool.close()
     assert [sites for sites, _ in loop.calls] == [[late], [early]]
     assert loop.calls[0][1] == {late: datetime.fromtimestamp(earliest_ms / 1000 - 1, UTC)}
-    # Each site is judged for its devices with new data (a presence-only change counts).
+    # Each site is judged for its devices with new data (a presence-only change counts), from
+    # the earliest device time of what arrived.
     assert loop.focus[0] == {late: {"dz"}, early: {"da"}}
+    assert loop.new_data[0] == {
+        "dz": datetime.fromtimestamp(earliest_ms / 1000 - 1, UTC),
+        "da": None,
+    }
+    assert loop.triggers[0] == ("stream", True)
 
 
 @pytest.mark.anyio
@@ -132,3 +145,5 @@ async def test_the_scan_lets_the_stream_judge_new_data_first(settings: Settings)
     # The stream's evaluation of the new data comes before any of the scan's.
     assert [sites for sites, _ in loop.calls][:2] == [[site_ids[2]], [site_ids[0]]]
     assert loop.focus[0] == {site_ids[2]: {"dev-2"}}
+    # The first scan after a start judges every device over its whole lookback.
+    assert loop.triggers[1:4] == [("full_scan", False)] * 3

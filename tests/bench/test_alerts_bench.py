@@ -16,10 +16,10 @@ FIELDS = {
     "background": {"sites", "devices", "messages_per_s", "window_s"},
     "detector": {
         "evaluations",
-        "sites_evaluated",
+        "by_trigger",
         "evaluation_s",
         "busy_fraction",
-        "mean_s_per_site",
+        "mean_evaluation_ms",
     },
     "cpu": {"seconds", "machine_busy_pct"},
 }
@@ -44,6 +44,7 @@ def test_every_probe_is_alerted_and_the_report_is_complete() -> None:
     assert set(report["latency"]["stages_p50_p99_s"]) == {"ingest", "to_evaluation", "evaluation"}
     assert report["background"]["devices"] == 10
     assert report["detector"]["evaluations"] > 0
+    assert set(report["detector"]["by_trigger"]) == {"stream", "scan", "full_scan"}
     assert any("probes alerted" in line for line in lines)
     admin = with_database(settings.database_url, "postgres")
     assert not repo.database_exists(admin_url=admin, name=report["config"]["database"])

@@ -10,13 +10,14 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 
 from weijian.alerts import repository, service
+from weijian.alerts.freshness import Freshness, judged_pairs
 from weijian.alerts.models import Detector, DeviceData, Finding, SiteData
 from weijian.alerts.profiles import build_profile
 from weijian.alerts.windows import WindowCache
@@ -56,6 +57,8 @@ async def load_site_data(
     since: Mapping[str, datetime] | None = None,
     cache: WindowCache | None = None,
     focus: Mapping[str, Collection[str]] | None = None,
+    freshness: Freshness | None = None,
+    new_data: Mapping[str, datetime | None] | None = None,
 ) -> list[SiteData]:
     """Each site's devices with the readings and events the detectors need, up to `now`.
 
@@ -63,7 +66,9 @@ async def load_site_data(
     backlog sent after an outage is judged too, not only the last `lookback`. With a `cache`,
     only what arrived since the previous evaluation is read (alerts/windows.py). `focus`
     (site → devices with new data) narrows what the per-device detectors judge; a site not in
-    it is judged whole.
+    it is judged whole. With `freshness` (and `new_data`: device → earliest device time of
+    what arrived since the last evaluation) each site carries `fresh` and its active alerts,
+    so the detectors judge only from their horizons (alerts/freshness.py).
     """
     rows = await repository.site_devices(conn=conn, site_ids=site_ids)
     if not rows:
@@ -87,13 +92,18 @@ async def load_site_data(
         if cache is None:
             readings, events = await _site_window(conn, starts, now + AHEAD)
         else:
-            readings, events = await cache.window(conn, starts, now, late_since)
-            await _add_ahead(conn, starts, now, readings, events)
+            readings, events = await cache.window(conn, starts, now, late_since, ahead=AHEAD)
         conflicts: dict[str, list[Reading]] = defaultdict(list)
+        active: frozenset[tuple[str, str | None]] = frozenset()
         if starts:
-            for r in await repository.conflicting_copies(
-                conn=conn, device_ids=list(starts), start=min(starts.values()), end=now
-            ):
+            copies, active = await repository.conflicts_and_active(
+                conn=conn,
+                site_id=site_id,
+                device_ids=list(starts),
+                start=min(starts.values()),
+                end=now,
+            )
+            for r in copies:
                 if r.ts >= starts[r.device_id]:
                     conflicts[r.device_id].append(r)
         device_data: dict[str, DeviceData] = {}
@@ -120,16 +130,21 @@ async def load_site_data(
             },
         )
         chosen = (focus or {}).get(site_id)
-        sites.append(
-            SiteData(
-                site_id,
-                SiteKind(str(first["site_kind"])),
-                device_data,
-                profile,
-                late_since,
-                None if chosen is None else frozenset(chosen),
-            )
+        site = SiteData(
+            site_id,
+            SiteKind(str(first["site_kind"])),
+            device_data,
+            profile,
+            late_since,
+            None if chosen is None else frozenset(chosen),
         )
+        if freshness is not None:
+            site = replace(
+                site,
+                fresh=freshness.fresh(judged_pairs(site, detectors), new_data or {}),
+                active=active,
+            )
+        sites.append(site)
     return sites
 
 
@@ -140,37 +155,6 @@ def kind_lookbacks(detectors: Sequence[Detector]) -> dict[DeviceKind, timedelta]
         for kind in detector.device_kinds:
             lookback[kind] = max(lookback.get(kind, timedelta(0)), detector.lookback)
     return lookback
-
-
-async def _add_ahead(
-    conn: AsyncConn,
-    starts: Mapping[str, datetime],
-    now: datetime,
-    readings: dict[str, list[Reading]],
-    events: dict[str, list[Event]],
-) -> None:
-    """Append rows stamped after `now` (a clock running ahead) to the cached windows: a small
-    query, usually empty, kept out of the cache whose windows end at `now`."""
-    if not starts:
-        return
-    ids = list(starts)
-    ahead_r = await repository.readings_between(
-        conn=conn, device_ids=ids, start=now, end=now + AHEAD
-    )
-    ahead_e = await repository.events_between(conn=conn, device_ids=ids, start=now, end=now + AHEAD)
-    extra_r: dict[str, list[Reading]] = defaultdict(list)
-    extra_e: dict[str, list[Event]] = defaultdict(list)
-    for r in ahead_r:
-        if r.ts > now:
-            extra_r[r.device_id].append(r)
-    for e in ahead_e:
-        if e.ts > now:
-            extra_e[e.device_id].append(e)
-    # New lists: the cached ones may be in use and must not change.
-    for device_id, rows in extra_r.items():
-        readings[device_id] = [*readings.get(device_id, []), *rows]
-    for device_id, items in extra_e.items():
-        events[device_id] = [*events.get(device_id, []), *items]
 
 
 async def _site_window(
@@ -305,8 +289,15 @@ async def evaluate_sites(
     since: Mapping[str, datetime] | None = None,
     cache: WindowCache | None = None,
     focus: Mapping[str, Collection[str]] | None = None,
+    freshness: Freshness | None = None,
+    new_data: Mapping[str, datetime | None] | None = None,
+    narrow: bool = True,
 ) -> EvaluationResult:
-    """Run the detectors over the sites and commit what follows, one transaction per site."""
+    """Run the detectors over the sites and commit what follows, one transaction per site.
+
+    With `freshness`, each (rule, device) judged is remembered as judged at `now`; `narrow`
+    lets the detectors judge only from their horizons (False: the whole lookback, a full
+    scan)."""
     result = EvaluationResult()
     for site in await load_site_data(
         conn=conn,
@@ -316,6 +307,8 @@ async def evaluate_sites(
         since=since,
         cache=cache,
         focus=focus,
+        freshness=freshness if narrow else None,
+        new_data=new_data,
     ):
         findings = run_detectors(site, detectors, now)
         result.findings += len(findings)
@@ -326,4 +319,6 @@ async def evaluate_sites(
             )
             await announce(conn=conn, changes=changes)
         result.changes.extend(changes)
+        if freshness is not None:
+            freshness.mark(judged_pairs(site, detectors), now)
     return result

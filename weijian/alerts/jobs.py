@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 from weijian.alerts import repository
 from weijian.alerts.anomaly import AnomalyDetector, fit_models
 from weijian.alerts.flows import EvaluationResult, evaluate_sites
+from weijian.alerts.freshness import Freshness
 from weijian.alerts.models import Detector
 from weijian.alerts.windows import WindowCache
 from weijian.clock import Clock
@@ -28,11 +29,15 @@ log = logging.getLogger(__name__)
 EVALUATIONS = Counter("weijian_detector_evaluations_total", "Site evaluations", ["trigger"])
 EVALUATION_SECONDS = Histogram(
     "weijian_detector_evaluation_seconds",
-    "Time to evaluate a set of sites",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    "Time to evaluate a site (stream: its devices with new data; scan: what time changed;"
+    " full_scan: everything over the whole lookback)",
+    ["trigger"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 # The longest the scan waits, before each site, for the stream to take up new data.
 SCAN_YIELD_S = 1.0
+# How often a scan judges every device over its whole lookback, not only what changed.
+FULL_SCAN_INTERVAL_S = 900.0
 ALERT_CHANGES = Counter("weijian_alert_changes_total", "Alert transitions", ["kind"])
 
 
@@ -50,6 +55,7 @@ class DetectionLoop:
         sign: str,
         scan_interval_s: float = 60.0,
         debounce_s: float = 0.1,
+        full_scan_interval_s: float = FULL_SCAN_INTERVAL_S,
     ) -> None:
         self._database_url = database_url
         self._pool = pool
@@ -58,6 +64,7 @@ class DetectionLoop:
         self._rng = rng
         self._sign = sign
         self._scan_interval = scan_interval_s
+        self._full_scan_interval = full_scan_interval_s
         self._debounce = debounce_s
         # device id → earliest device time of its new data (None: only presence changed)
         self._pending: dict[str, datetime | None] = {}
@@ -65,30 +72,43 @@ class DetectionLoop:
         # Shared by stream and scan: they may interleave, which is safe because each cache
         # entry is replaced whole by a self-consistent window (alerts/windows.py).
         self._windows = WindowCache()
+        # When each rule last judged each device: evaluations judge only what changed since.
+        self._freshness = Freshness()
+        # One evaluation of a site at a time (the stream and the scan interleave).
+        self._site_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._streaming = False  # a stream round is under way
 
     async def evaluate(
         self,
-        site_ids: Sequence[str],
+        site_id: str,
         trigger: str,
+        *,
         since: Mapping[str, datetime] | None = None,
         focus: Mapping[str, Collection[str]] | None = None,
+        new_data: Mapping[str, datetime | None] | None = None,
+        narrow: bool = True,
     ) -> EvaluationResult:
-        started = time.monotonic()
-        async with self._pool.connection() as conn:
-            result = await evaluate_sites(
-                conn=conn,
-                site_ids=site_ids,
-                detectors=self._detectors,
-                now=self._clock.now(),
-                rng=self._rng,
-                sign=self._sign,
-                since=since,
-                cache=self._windows,
-                focus=focus,
-            )
-        EVALUATIONS.labels(trigger).inc(len(site_ids))
-        EVALUATION_SECONDS.observe(time.monotonic() - started)
+        """Evaluate one site: only what changed since its rules last judged each device
+        (`narrow`), or everything over the whole lookback."""
+        async with self._site_locks[site_id]:
+            started = time.monotonic()
+            async with self._pool.connection() as conn:
+                result = await evaluate_sites(
+                    conn=conn,
+                    site_ids=[site_id],
+                    detectors=self._detectors,
+                    now=self._clock.now(),
+                    rng=self._rng,
+                    sign=self._sign,
+                    since=since,
+                    cache=self._windows,
+                    focus=focus,
+                    freshness=self._freshness,
+                    new_data=new_data,
+                    narrow=narrow,
+                )
+            EVALUATIONS.labels(trigger).inc()
+            EVALUATION_SECONDS.labels(trigger).observe(time.monotonic() - started)
         for change in result.changes:
             ALERT_CHANGES.labels(change.kind).inc()
             log.info(
@@ -159,7 +179,9 @@ class DetectionLoop:
                     if earliest is not None:
                         since[site_id] = min(earliest, since.get(site_id, earliest))
                 for site_id in arrival_order(pending, sites):
-                    await self.evaluate([site_id], "stream", since=since, focus=focus)
+                    await self.evaluate(
+                        site_id, "stream", since=since, focus=focus, new_data=pending
+                    )
             except Exception:
                 log.exception("stream evaluation failed; the next scan will retry")
             finally:
@@ -170,14 +192,20 @@ class DetectionLoop:
 
         One site at a time, each behind the stream: fresh data is judged first, and the scan
         waits for new data to be taken up before its next site (at most `SCAN_YIELD_S`, so a
-        busy stream cannot starve the scan)."""
+        busy stream cannot starve the scan). A scan judges what time alone changes since each
+        rule last judged each device; every `full_scan_interval_s` it judges every device over
+        its whole lookback (the first scan after a start always does)."""
+        full_due = 0.0
         while True:
+            full = time.monotonic() >= full_due
+            if full:
+                full_due = time.monotonic() + self._full_scan_interval
             try:
                 async with self._pool.connection() as conn:
                     site_ids = await repository.all_site_ids(conn=conn)
                 for site_id in site_ids:
                     await self._stream_first()
-                    await self.evaluate([site_id], "scan")
+                    await self.evaluate(site_id, "full_scan" if full else "scan", narrow=not full)
             except Exception:
                 log.exception("scheduled scan failed")
             await asyncio.sleep(self._scan_interval)

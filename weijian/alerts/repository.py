@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,20 +22,60 @@ _ALERT_COLUMNS = (
 )
 
 
-async def latest_alerts(
-    *, conn: AsyncConn, fingerprints: Sequence[str]
-) -> dict[str, dict[str, Any]]:
-    """Each fingerprint's most recent alert (the active one if any: at most one is, and it is
-    the latest), locked, with who resolved it: what the lifecycle decides on, read at once."""
-    if not fingerprints:
-        return {}
-    cur = await conn.execute(
-        f"SELECT {_ALERT_COLUMNS}, resolved_by FROM alerts WHERE id IN ("
-        " SELECT DISTINCT ON (fingerprint) id FROM alerts WHERE fingerprint = ANY(%s)"
-        " ORDER BY fingerprint, id DESC) ORDER BY id FOR UPDATE",
-        (list(fingerprints),),
+@dataclass
+class LifecycleRows:
+    """What the alert lifecycle reads before reconciling one evaluation's findings."""
+
+    latest: dict[str, dict[str, Any]]  # fingerprint → its latest alert, locked
+    seen: set[tuple[str, str]]  # (fingerprint, episode) raised before
+    silences: list[dict[str, Any]]  # in force at some time of the findings
+    offline_devices: set[str]  # with an active device.offline alert
+    silent_sites: set[str]  # with an active site-level device.offline alert
+
+
+async def lifecycle_rows(
+    *,
+    conn: AsyncConn,
+    fingerprints: Sequence[str],
+    episodes: Sequence[str],
+    site_ids: Sequence[str],
+    start: datetime,
+    end: datetime,
+) -> LifecycleRows:
+    """The lifecycle's reads in one round trip (pipeline mode): each fingerprint's latest
+    alert (the active one if any: at most one is, and it is the latest), locked, with who
+    resolved it; the episodes raised before; the silences in force in [start, end]; which
+    devices and sites are offline."""
+    async with conn.pipeline():
+        latest = await conn.execute(
+            f"SELECT {_ALERT_COLUMNS}, resolved_by FROM alerts WHERE id IN ("
+            " SELECT DISTINCT ON (fingerprint) id FROM alerts WHERE fingerprint = ANY(%s)"
+            " ORDER BY fingerprint, id DESC) ORDER BY id FOR UPDATE",
+            (list(fingerprints),),
+        )
+        seen = await conn.cursor(row_factory=tuple_row).execute(
+            "SELECT fingerprint, episode FROM alert_episodes"
+            " WHERE fingerprint = ANY(%s) AND episode = ANY(%s)",
+            (list(fingerprints), list(episodes)),
+        )
+        silences = await conn.execute(
+            "SELECT id, site_id, device_id, rule, starts_at, ends_at, reason, created_by"
+            " FROM silences WHERE starts_at <= %s AND ends_at > %s",
+            (end, start),
+        )
+        offline = await conn.cursor(row_factory=tuple_row).execute(
+            "SELECT site_id, device_id FROM alerts WHERE rule = 'device.offline'"
+            " AND status <> 'resolved' AND site_id = ANY(%s)",
+            (list(site_ids),),
+        )
+    rows = await offline.fetchall()
+    return LifecycleRows(
+        latest={str(row["fingerprint"]): row for row in await latest.fetchall()},
+        seen={(str(f), str(e)) for f, e in await seen.fetchall()},
+        silences=list(await silences.fetchall()),
+        offline_devices={str(d) for _, d in rows if d is not None},
+        silent_sites={str(s) for s, d in rows if d is None},
     )
-    return {str(row["fingerprint"]): row for row in await cur.fetchall()}
 
 
 async def alert_row(*, conn: AsyncConn, alert_id: int) -> dict[str, Any] | None:
@@ -86,21 +127,6 @@ async def list_alerts(
         },
     )
     return [Alert.model_validate(r) for r in await cur.fetchall()]
-
-
-async def seen_episodes(
-    *, conn: AsyncConn, fingerprints: Sequence[str], episodes: Sequence[str]
-) -> set[tuple[str, str]]:
-    """Which of the (fingerprint, episode) combinations were raised before."""
-    if not fingerprints or not episodes:
-        return set()
-    async with conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute(
-            "SELECT fingerprint, episode FROM alert_episodes"
-            " WHERE fingerprint = ANY(%s) AND episode = ANY(%s)",
-            (list(fingerprints), list(episodes)),
-        )
-        return {(str(f), str(e)) for f, e in await cur.fetchall()}
 
 
 async def record_episode(
@@ -178,18 +204,6 @@ async def history(*, conn: AsyncConn, alert_id: int) -> list[dict[str, Any]]:
     return list(await cur.fetchall())
 
 
-async def silences_overlapping(
-    *, conn: AsyncConn, start: datetime, end: datetime
-) -> list[dict[str, Any]]:
-    """Silences in force at some time in [start, end]."""
-    cur = await conn.execute(
-        "SELECT id, site_id, device_id, rule, starts_at, ends_at, reason, created_by FROM silences"
-        " WHERE starts_at <= %s AND ends_at > %s",
-        (end, start),
-    )
-    return list(await cur.fetchall())
-
-
 async def insert_silence(
     *,
     conn: AsyncConn,
@@ -209,31 +223,6 @@ async def insert_silence(
     row = await cur.fetchone()
     assert row is not None
     return int(row["id"])
-
-
-async def offline_at(*, conn: AsyncConn, site_ids: Sequence[str]) -> tuple[set[str], set[str]]:
-    """Of the sites: devices with an active `device.offline` alert, and sites with an active
-    site-level one (every device silent) — what inhibits their other alerts."""
-    async with conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute(
-            "SELECT site_id, device_id FROM alerts WHERE rule = 'device.offline'"
-            " AND status <> 'resolved' AND site_id = ANY(%s)",
-            (list(site_ids),),
-        )
-        rows = await cur.fetchall()
-    devices = {str(d) for _, d in rows if d is not None}
-    sites = {str(s) for s, d in rows if d is None}
-    return devices, sites
-
-
-async def active_rules(*, conn: AsyncConn, site_id: str) -> frozenset[tuple[str, str | None]]:
-    """(rule, device) of the site's active alerts."""
-    async with conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute(
-            "SELECT rule, device_id FROM alerts WHERE site_id = %s AND status <> 'resolved'",
-            (site_id,),
-        )
-        return frozenset((str(r), None if d is None else str(d)) for r, d in await cur.fetchall())
 
 
 # -- detector input ------------------------------------------------------------------------
@@ -280,6 +269,26 @@ async def readings_between(
             (list(device_ids), start, end),
         )
         return [Reading(*row) for row in await cur.fetchall()]
+
+
+async def window_rows(
+    *, conn: AsyncConn, device_ids: Sequence[str], start: datetime, end: datetime
+) -> tuple[list[Reading], list[Event]]:
+    """`readings_between` and `events_between` in one round trip (pipeline mode)."""
+    async with conn.pipeline():
+        readings = await conn.cursor(row_factory=tuple_row).execute(
+            "SELECT ts, device_id, metric, value, seq, received_at FROM readings"
+            " WHERE device_id = ANY(%s) AND ts >= %s AND ts <= %s ORDER BY ts",
+            (list(device_ids), start, end),
+        )
+        events = await conn.cursor(row_factory=tuple_row).execute(
+            "SELECT ts, device_id, type, data, seq, received_at FROM events"
+            " WHERE device_id = ANY(%s) AND ts >= %s AND ts <= %s ORDER BY ts",
+            (list(device_ids), start, end),
+        )
+    return [Reading(*r) for r in await readings.fetchall()], [
+        Event(*e) for e in await events.fetchall()
+    ]
 
 
 async def events_between(
@@ -354,20 +363,38 @@ async def profile_changes(*, conn: AsyncConn, site_id: str) -> list[dict[str, An
     return list(await cur.fetchall())
 
 
-async def conflicting_copies(
-    *, conn: AsyncConn, device_ids: Sequence[str], start: datetime, end: datetime
-) -> list[Reading]:
-    """Resent readings that ingest kept out because their values differ from the stored ones
-    (dead letters `conflicting_duplicate`), with device time in [start, end]. Received after
-    the reading they contradict, so no earlier than `start`."""
-    async with conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute(
-            "SELECT device_id, payload, received_at FROM dead_letters"
-            " WHERE reason = 'conflicting_duplicate' AND device_id = ANY(%s)"
-            " AND received_at >= %s ORDER BY received_at",
-            (list(device_ids), start),
+async def conflicts_and_active(
+    *,
+    conn: AsyncConn,
+    site_id: str,
+    device_ids: Sequence[str],
+    start: datetime,
+    end: datetime,
+) -> tuple[list[Reading], frozenset[tuple[str, str | None]]]:
+    """In one round trip (pipeline mode): resent readings that ingest kept out because their
+    values differ from the stored ones (dead letters `conflicting_duplicate`), with device
+    time in [start, end] (received after the reading they contradict, so no earlier than
+    `start`); and (rule, device) of the site's active alerts."""
+    async with conn.pipeline():
+        copies = await conn.cursor(row_factory=tuple_row).execute(
+            _CONFLICTS_SQL, (list(device_ids), start)
         )
-        rows = await cur.fetchall()
+        active = await conn.cursor(row_factory=tuple_row).execute(_ACTIVE_SQL, (site_id,))
+    found = _copies(await copies.fetchall(), start, end)
+    return found, frozenset(
+        (str(r), None if d is None else str(d)) for r, d in await active.fetchall()
+    )
+
+
+_CONFLICTS_SQL = (
+    "SELECT device_id, payload, received_at FROM dead_letters"
+    " WHERE reason = 'conflicting_duplicate' AND device_id = ANY(%s)"
+    " AND received_at >= %s ORDER BY received_at"
+)
+_ACTIVE_SQL = "SELECT rule, device_id FROM alerts WHERE site_id = %s AND status <> 'resolved'"
+
+
+def _copies(rows: Sequence[tuple[Any, ...]], start: datetime, end: datetime) -> list[Reading]:
     out: list[Reading] = []
     for device_id, payload, received_at in rows:
         body = orjson.loads(payload)

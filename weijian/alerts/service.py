@@ -177,15 +177,6 @@ class _Known:
         self.seen.add((key, episode))
 
 
-async def _known(conn: AsyncConn, findings: Sequence[Finding]) -> _Known:
-    keys = sorted({fingerprint(f.rule, f.site_id, f.device_id) for f in findings})
-    episodes = sorted({f.episode for f in findings if f.episode})
-    return _Known(
-        await repository.latest_alerts(conn=conn, fingerprints=keys),
-        await repository.seen_episodes(conn=conn, fingerprints=keys, episodes=episodes),
-    )
-
-
 def _latest_clears(findings: Sequence[Finding], now: datetime) -> set[int]:
     """Per fingerprint, the clear with the latest evidence (ids of the findings): the state a
     run leaves a (device, rule) in is its latest evidence (`common.current_state`)."""
@@ -208,14 +199,17 @@ async def apply_findings(
     if not findings:
         return []
     times = [_evidence_time(f, now) for f in findings]
-    silences = await repository.silences_overlapping(
-        conn=conn, start=min([*times, now]), end=max([*times, now])
+    rows = await repository.lifecycle_rows(
+        conn=conn,
+        fingerprints=sorted({fingerprint(f.rule, f.site_id, f.device_id) for f in findings}),
+        episodes=sorted({f.episode for f in findings if f.episode}),
+        site_ids=sorted({f.site_id for f in findings}),
+        start=min([*times, now]),
+        end=max([*times, now]),
     )
-    offline, stored_silent = await repository.offline_at(
-        conn=conn, site_ids=sorted({f.site_id for f in findings})
-    )
-    silent_sites = _silent_sites(findings, stored_silent)
-    known = await _known(conn, findings)
+    silences, offline = rows.silences, rows.offline_devices
+    silent_sites = _silent_sites(findings, rows.silent_sites)
+    known = _Known(rows.latest, rows.seen)
     changes: list[AlertChange] = []
     ordered = sorted(findings, key=lambda f: (_evidence_time(f, now), f.state == "firing"))
     clears = _latest_clears(findings, now)

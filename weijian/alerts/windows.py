@@ -18,7 +18,7 @@ Memory is bounded: past `max_rows` rows in all, the least recently used devices 
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -106,9 +106,12 @@ class WindowCache:
         starts: Mapping[str, datetime],
         now: datetime,
         late_since: datetime | None = None,
+        ahead: timedelta = timedelta(0),
     ) -> tuple[dict[str, list[Reading]], dict[str, list[Event]]]:
         """Each device's readings and events with device time in [its start, now], sorted by
-        device time; `late_since` is the earliest device time of data just announced."""
+        device time; `late_since` is the earliest device time of data just announced. With
+        `ahead`, rows stamped in (now, now + ahead] (a clock running ahead) are read by the
+        same queries and appended after them, without being held."""
         full: dict[str, _Span] = {}
         tail: dict[str, _Span] = {}
         head: dict[str, _Span] = {}
@@ -120,12 +123,12 @@ class WindowCache:
                 or start > held.end - self.overlap
                 or (late_since is not None and late_since <= held.end - self.overlap)
             ):
-                full[device_id] = _Span(start, now, lo_in=True)
+                full[device_id] = _Span(start, now + ahead, lo_in=True)
                 continue
             # An evaluation at an earlier `now` than the last (the scan and the stream
             # interleave) keeps what is held up to its own overlap and re-reads after it.
             cut = max(min(held.end, now) - self.overlap, start)
-            tail[device_id] = _Span(cut, now, lo_in=False)
+            tail[device_id] = _Span(cut, now + ahead, lo_in=False)
             if start < held.start:  # the window reaches further back: read just that part
                 head[device_id] = _Span(start, held.start, lo_in=True, hi_in=False)
         fresh_r, fresh_e = await self._read(conn, full)
@@ -137,22 +140,27 @@ class WindowCache:
         readings: dict[str, list[Reading]] = {}
         events: dict[str, list[Event]] = {}
         for device_id, start in starts.items():
+            got_r, beyond_r = _split_at(
+                (fresh_r if device_id in full else new_r).get(device_id, []), now
+            )
+            got_e, beyond_e = _split_at(
+                (fresh_e if device_id in full else new_e).get(device_id, []), now
+            )
             if device_id in full:
-                held = _Held(start, now, fresh_r.get(device_id, []), fresh_e.get(device_id, []))
+                held = _Held(start, now, got_r, got_e)
             else:
                 old = self._held[device_id]
                 cut = tail[device_id].lo
                 held = _Held(
                     start,
                     now,
-                    _merge(
-                        head_r.get(device_id, []), old.readings, start, cut, new_r.get(device_id)
-                    ),
-                    _merge(head_e.get(device_id, []), old.events, start, cut, new_e.get(device_id)),
+                    _merge(head_r.get(device_id, []), old.readings, start, cut, got_r),
+                    _merge(head_e.get(device_id, []), old.events, start, cut, got_e),
                 )
             self._store(device_id, held)
-            readings[device_id] = held.readings
-            events[device_id] = held.events
+            # New lists when rows lie ahead: the held ones must not change.
+            readings[device_id] = [*held.readings, *beyond_r] if beyond_r else held.readings
+            events[device_id] = [*held.events, *beyond_e] if beyond_e else held.events
         self._evict(keep=set(starts))
         return readings, events
 
@@ -167,10 +175,11 @@ class WindowCache:
         ids = list(spans)
         lo = min(s.lo for s in spans.values())
         hi = max(s.hi for s in spans.values())
-        for r in await repository.readings_between(conn=conn, device_ids=ids, start=lo, end=hi):
+        rows, items = await repository.window_rows(conn=conn, device_ids=ids, start=lo, end=hi)
+        for r in rows:
             if spans[r.device_id].holds(r.ts):
                 readings[r.device_id].append(r)
-        for e in await repository.events_between(conn=conn, device_ids=ids, start=lo, end=hi):
+        for e in items:
             if spans[e.device_id].holds(e.ts):
                 events[e.device_id].append(e)
         self.stats.rows_read += sum(map(len, readings.values())) + sum(map(len, events.values()))
@@ -190,6 +199,12 @@ class WindowCache:
                 break  # everything older is in use right now
             self.forget([device_id])
             self.stats.evictions += 1
+
+
+def _split_at(rows: list[_Timed], now: datetime) -> tuple[list[_Timed], list[_Timed]]:
+    """Rows (sorted by device time) up to `now`, and those after it."""
+    i = bisect_right(rows, now, key=lambda x: x.ts)
+    return (rows, []) if i == len(rows) else (rows[:i], rows[i:])
 
 
 def _merge(

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -49,7 +50,7 @@ PROBE_METRICS = {
     "running": 1.0,
 }
 TARGET_S = 1.0
-_MEASURED_TRIGGERS = ("stream", "scan")
+_MEASURED_TRIGGERS = ("stream", "scan", "full_scan")
 
 
 @dataclass(frozen=True)
@@ -507,36 +508,42 @@ def _scrape(port: int) -> dict[str, float] | None:
 def _detector(
     before: dict[str, float] | None, after: dict[str, float] | None, window: float
 ) -> dict[str, Any] | None:
-    """Evaluations, sites and seconds in the window, from the platform's own metrics. One
-    evaluation = one `DetectionLoop.evaluate` call: a whole scan, or one site of a stream round."""
+    """Evaluations and seconds in the window, per trigger, from the platform's own metrics.
+    One evaluation = one `DetectionLoop.evaluate` call: one site (stream: its devices with new
+    data; scan: what time changed; full_scan: everything over the whole lookback)."""
     if before is None or after is None:
         return None
 
     def delta(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
 
-    calls = delta("weijian_detector_evaluation_seconds_count{}")
-    seconds = delta("weijian_detector_evaluation_seconds_sum{}")
-    sites = {
-        t: delta(f"weijian_detector_evaluations_total{{trigger={t}}}") for t in _MEASURED_TRIGGERS
-    }
+    per: dict[str, dict[str, float | int | None]] = {}
+    calls_total = seconds_total = 0.0
+    slowest: str | None = None
+    for t in _MEASURED_TRIGGERS:
+        calls = delta(f"weijian_detector_evaluation_seconds_count{{trigger={t}}}")
+        seconds = delta(f"weijian_detector_evaluation_seconds_sum{{trigger={t}}}")
+        calls_total += calls
+        seconds_total += seconds
+        per[t] = {
+            "evaluations": int(calls),
+            "seconds": round(seconds, 3),
+            "mean_ms": round(1000 * seconds / calls, 2) if calls else None,
+        }
     # Evaluations per histogram bucket: an upper bound of the slowest one.
-    buckets = {
-        key.split("le=", 1)[1].rstrip("}"): delta(key)
-        for key in after
-        if key.startswith("weijian_detector_evaluation_seconds_bucket")
-    }
-    slowest = next((le for le, n in buckets.items() if n >= calls), None) if calls else None
-    site_total = sum(sites.values())
+    by_le: dict[str, float] = defaultdict(float)
+    for key in after:
+        if key.startswith("weijian_detector_evaluation_seconds_bucket"):
+            by_le[key.split("le=", 1)[1].split(",", 1)[0].rstrip("}")] += delta(key)
+    if calls_total:
+        slowest = next((le for le, n in by_le.items() if n >= calls_total), None)
     return {
         "source": "/metrics",
-        "evaluations": int(calls),
-        "sites_evaluated": {t: int(n) for t, n in sites.items()},
-        "evaluation_s": round(seconds, 3),
-        "busy_fraction": round(seconds / window, 3),
-        "mean_evaluation_s": round(seconds / calls, 4) if calls else None,
-        "mean_sites_per_evaluation": round(site_total / calls, 2) if calls else None,
-        "mean_s_per_site": round(seconds / site_total, 4) if site_total else None,
+        "evaluations": int(calls_total),
+        "by_trigger": per,
+        "evaluation_s": round(seconds_total, 3),
+        "busy_fraction": round(seconds_total / window, 3),
+        "mean_evaluation_ms": round(1000 * seconds_total / calls_total, 2) if calls_total else None,
         "slowest_evaluation_le_s": slowest,
     }
 

@@ -33,12 +33,17 @@ class Immersion:
 
 
 def immersions(device: DeviceData, now: datetime) -> list[Immersion]:
-    """Immersions in time order, as of `now`.
+    """Immersions in time order, as of `now`. Read-only: shared by the detectors that ask for
+    the same device and time.
 
     A repeated basket_in of a basket already in is a resend and ignored. A basket "in" for
     longer than `STALE_AFTER` lost its basket_out: it is dropped (no verdict) rather than
     judged against hours of tank data, and a new basket_in of that basket starts afresh.
     """
+    return device.memo(("immersions", now), lambda: _immersions(device, now))
+
+
+def _immersions(device: DeviceData, now: datetime) -> list[Immersion]:
     open_at: dict[str, datetime] = {}
     found: list[Immersion] = []
     for event in sorted(device.events, key=lambda e: (e.ts, e.seq or 0)):
@@ -158,14 +163,28 @@ class ImmersionShortDetector(DeviceDetector):
 
 def compliant_times(device: DeviceData, profile: Profile, now: datetime) -> list[datetime]:
     """basket_out times of immersions long enough and at strength throughout."""
+    return [
+        i.end
+        for i in immersions(device, now)
+        if i.end is not None and _compliant(device, profile, i, now)
+    ]
+
+
+def compliant_between(
+    device: DeviceData, profile: Profile, now: datetime, lo: datetime, hi: datetime
+) -> bool:
+    """Whether one of `compliant_times` lies in [lo, hi], judging only the immersions that
+    end there."""
+    return any(
+        i.end is not None and lo <= i.end <= hi and _compliant(device, profile, i, now)
+        for i in immersions(device, now)
+    )
+
+
+def _compliant(device: DeviceData, profile: Profile, immersion: Immersion, now: datetime) -> bool:
     limit = profile.number("chlorine.min_mg_l", device.device_id)
     min_took = seconds(profile.number("chlorine.min_immersion_s", device.device_id))
-    samples = series(device, "chlorine_mg_l")
-    times: list[datetime] = []
-    for immersion in immersions(device, now):
-        if immersion.end is None or immersion.end - immersion.start < min_took:
-            continue
-        inside = readings_during(samples, immersion, now)
-        if inside and min(r.value for r in inside) >= limit:
-            times.append(immersion.end)
-    return times
+    if immersion.end is None or immersion.end - immersion.start < min_took:
+        return False
+    inside = readings_during(series(device, "chlorine_mg_l"), immersion, now)
+    return bool(inside) and min(r.value for r in inside) >= limit

@@ -9,8 +9,11 @@ batch, on the dish machine's own alert), not a second flavour of exposure_short.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import NamedTuple
 
 from weijian.alerts.detectors.common import (
@@ -19,6 +22,7 @@ from weijian.alerts.detectors.common import (
     LevelRule,
     Point,
     Spell,
+    floor_to,
     level_findings,
     mmss,
     seconds,
@@ -202,6 +206,70 @@ class DishRinseDetector(_DishLevelDetector):
             )
 
         return level_findings(level, site, device, points, describe)
+
+
+# `compliant_between` judges a dish machine's states a chunk of device time at a time.
+_CHUNK = timedelta(minutes=10)
+
+
+def compliant_between(
+    device: DeviceData, profile: Profile, now: datetime, lo: datetime, hi: datetime
+) -> bool:
+    """Whether one of `compliant_times` lies in [lo, hi]. The states are judged a chunk of
+    time at a time from `hi` back, each chunk once per device and `now`, until one holds a
+    compliant state in the interval: usually the first chunk does, so this costs minutes of
+    data, not hours, and never more than judging every state once."""
+    if not device.ordered:
+        return any(lo <= t <= hi for t in compliant_times(device, profile, now))
+    chunk = floor_to(min(hi, now), _CHUNK)
+    while chunk + _CHUNK > lo:
+        times = device.memo(
+            ("dish-compliant", profile, chunk, now),
+            partial(_compliant_in, device, profile, chunk, now),
+        )
+        if any(lo <= t <= hi for t in times):
+            return True
+        chunk -= _CHUNK
+    return False
+
+
+def _compliant_in(
+    device: DeviceData, profile: Profile, chunk: datetime, now: datetime
+) -> list[datetime]:
+    """The compliant state times in [chunk, chunk + _CHUNK) (and up to `now`)."""
+    limits = DishLimits.of(profile, device.device_id)
+    readings = device.readings
+    end = min(chunk + _CHUNK, now + timedelta(microseconds=1))
+    i = bisect_left(readings, end, key=_by_ts) - 1
+    found: list[datetime] = []
+    while i >= 0 and readings[i].ts >= chunk:
+        if readings[i].metric not in _METRICS:
+            i -= 1
+            continue
+        state = _state_at(readings, i, limits.max_gap)
+        if limits.exposure_point(state).bad is False and limits.rinse_point(state).bad is False:
+            found.append(state.ts)
+        while i >= 0 and readings[i].ts == state.ts:
+            i -= 1  # the other rows of the same time belong to the same state
+    return found
+
+
+def _state_at(readings: Sequence[Reading], i: int, max_gap: timedelta) -> DishState:
+    """The state at readings[i].ts, readings[i] being the last row of that time: each metric's
+    latest value at most `max_gap` old, as `_timeline` holds it."""
+    ts = readings[i].ts
+    values: dict[str, float] = {}
+    while i >= 0 and len(values) < len(_METRICS):
+        reading = readings[i]
+        if ts - reading.ts > max_gap:
+            break
+        if reading.metric in _METRICS:
+            values.setdefault(reading.metric, reading.value)
+        i -= 1
+    speed = values.get("conveyor_speed_m_min")
+    running = values.get("running")
+    is_running = running >= 0.5 if running is not None else (speed or 0.0) > 0
+    return DishState(ts, is_running, speed, values.get("rinse_temp_c"))
 
 
 def compliant_times(device: DeviceData, profile: Profile, now: datetime) -> list[datetime]:

@@ -3,7 +3,7 @@ of the site has met its limit recently (site-level; the finding sits on the line
 
 from __future__ import annotations
 
-import bisect
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -17,8 +17,9 @@ from weijian.alerts.detectors.common import (
     series,
     settle,
     site_within,
+    upto,
 )
-from weijian.alerts.models import DeviceData, Finding, SiteData
+from weijian.alerts.models import DeviceData, Finding, Profile, SiteData
 from weijian.alerts.models import Severity as Sev
 from weijian.alerts.rules import rule
 from weijian.devices.kinds import DeviceKind
@@ -56,17 +57,40 @@ def increments(samples: list[Reading]) -> list[Increment]:
     return found
 
 
-def effective_times(site: SiteData, now: datetime) -> list[datetime]:
-    """When any disinfection stage of the site met its limit, sorted."""
-    times: list[datetime] = []
-    for device in site.devices.values():
-        if device.kind in thermal.CABINETS:
-            times += thermal.compliant_times(device, site.profile, now)
-        elif device.kind == DeviceKind.DISH_MACHINE:
-            times += dish.compliant_times(device, site.profile, now)
-        elif device.kind == DeviceKind.CHLORINE_TANK:
-            times += chemical.compliant_times(device, site.profile, now)
-    return sorted(times)
+class Evidence:
+    """When the site's disinfection stages met their limits, found lazily: whether some stage
+    did within an interval, judging only what it must (cabinet batches and baskets that ended
+    there, dish machine states from the interval's end back), cheapest stages first. Usually
+    the first batch or state looked at answers, instead of judging hours of every stage."""
+
+    def __init__(self, site: SiteData, now: datetime) -> None:
+        order = {k: i for i, k in enumerate(_STAGES)}
+        self._stages = sorted(
+            (d for d in site.devices.values() if d.kind in order), key=lambda d: order[d.kind]
+        )
+        self._profile = site.profile
+        self._now = now
+
+    def covered(self, lo: datetime, hi: datetime) -> bool:
+        for device in self._stages:
+            check = _BETWEEN[device.kind]
+            if check(device, self._profile, self._now, lo, hi):
+                return True
+        return False
+
+
+_STAGES = (
+    DeviceKind.STEAM_CABINET,
+    DeviceKind.INFRARED_CABINET,
+    DeviceKind.CHLORINE_TANK,
+    DeviceKind.DISH_MACHINE,
+)
+_BETWEEN: dict[DeviceKind, Callable[[DeviceData, Profile, datetime, datetime, datetime], bool]] = {
+    DeviceKind.STEAM_CABINET: thermal.compliant_between,
+    DeviceKind.INFRARED_CABINET: thermal.compliant_between,
+    DeviceKind.CHLORINE_TANK: chemical.compliant_between,
+    DeviceKind.DISH_MACHINE: dish.compliant_between,
+}
 
 
 class ReleaseDetector:
@@ -91,25 +115,56 @@ class ReleaseDetector:
     def __call__(self, site: SiteData, now: datetime) -> list[Finding]:
         if not site.of_kind(DeviceKind.LINE_METER):
             return []
+        whole = site
         site = site_within(site, self.device_kinds, now - self.lookback, now)
-        meters = site.of_kind(DeviceKind.LINE_METER)
-        evidence = effective_times(site, now)
+        evidence = Evidence(site, now)
         findings: list[Finding] = []
-        for meter in meters:
-            findings += settle(self._meter(site, meter, evidence, now))
+        for meter in site.of_kind(DeviceKind.LINE_METER):
+            since = self._since(whole, meter)
+            found = self._meter(site, meter, evidence, now, since)
+            # Judged from a horizon, no alert of the meter is active: only violations matter.
+            findings += (
+                settle(found) if since is None else [f for f in found if f.state == "firing"]
+            )
         return findings
 
+    def _since(self, site: SiteData, meter: DeviceData) -> datetime | None:
+        """From where the meter's verdict may have changed: the earliest `since` of every
+        device the rule reads (new packing, or new evidence), or None to judge it all."""
+        times = [site.since(self.rule.id, meter.device_id)]
+        times += [site.since(self.rule.id, d.device_id) for d in site.of_kind(*self.device_kinds)]
+        if any(t is None for t in times):
+            return None
+        return min(t for t in times if t is not None)
+
     def _meter(
-        self, site: SiteData, meter: DeviceData, evidence: list[datetime], now: datetime
+        self,
+        site: SiteData,
+        meter: DeviceData,
+        evidence: Evidence,
+        now: datetime,
+        since: datetime | None,
     ) -> list[Finding]:
         lag = timedelta(minutes=site.profile.number("release.max_lag_min", meter.device_id))
         period = timedelta(minutes=site.profile.number("release.period_min", meter.device_id))
         skew = seconds(site.profile.number("clock_skew.max_s", meter.device_id))
-        samples = [r for r in series(meter, "packed_total") if r.ts <= now]
+        samples = upto(series(meter, "packed_total"), now)
+        first = now - self.lookback + lag
+        if since is not None:
+            # An increment is judged once `skew` has passed (and a batch once it settled):
+            # the periods holding increments that may have been judged or covered since, whole.
+            settled = max(
+                (
+                    seconds(site.profile.number("hold.settle_s", d.device_id))
+                    for d in site.of_kind(*thermal.CABINETS)
+                ),
+                default=timedelta(0),
+            )
+            first = max(first, floor_to(since - skew - settled, period))
         judged = [
-            Increment(inc.ts, inc.pieces, _covered(evidence, inc.ts - lag, inc.ts + skew))
+            Increment(inc.ts, inc.pieces, evidence.covered(inc.ts - lag, inc.ts + skew))
             for inc in increments(samples)
-            if now - self.lookback + lag <= inc.ts <= now - skew
+            if first <= inc.ts <= now - skew
         ]
         findings: list[Finding] = []
         buckets: dict[datetime, list[Increment]] = {}
@@ -189,8 +244,3 @@ class ReleaseDetector:
             episode=iso(start),
             details={"increments": len(uncovered), "max_lag_s": lag.total_seconds()},
         )
-
-
-def _covered(evidence: list[datetime], start: datetime, end: datetime) -> bool:
-    i = bisect.bisect_left(evidence, start)
-    return i < len(evidence) and evidence[i] <= end

@@ -105,6 +105,22 @@ class BatchJudgement:
 
 def judge_batches(device: DeviceData, profile: Profile, now: datetime) -> list[BatchJudgement]:
     """Every closed batch of a cabinet that has temperature data, judged."""
+    return [j for b in batches(device) if (j := judge_batch(device, profile, b, now)) is not None]
+
+
+def judge_batch(
+    device: DeviceData, profile: Profile, batch: Batch, now: datetime
+) -> BatchJudgement | None:
+    """One batch of the cabinet judged, or None when it cannot be yet (or has no data).
+    Memoised per device, batch and `now`."""
+    return device.memo(
+        ("batch", profile, batch, now), lambda: _judge_batch(device, profile, batch, now)
+    )
+
+
+def _judge_batch(
+    device: DeviceData, profile: Profile, batch: Batch, now: datetime
+) -> BatchJudgement | None:
     prefix = _PREFIX[device.kind]
     limit = profile.number(f"{prefix}.min_temp_c", device.device_id)
     min_hold = seconds(profile.number(f"{prefix}.min_hold_s", device.device_id))
@@ -112,21 +128,18 @@ def judge_batches(device: DeviceData, profile: Profile, now: datetime) -> list[B
     settle = seconds(profile.number("hold.settle_s", device.device_id))
     temps = series(device, "temp_c")
     latest = temps[-1].ts if temps else None
-    judged: list[BatchJudgement] = []
-    for batch in batches(device):
-        if batch.end > now:
-            continue
-        # Events and readings travel separately (and backlogs arrive in pieces): judge a batch
-        # once a reading from its end on is stored, or once `hold.settle_s` has passed.
-        if (latest is None or latest < batch.end) and now - batch.end < settle:
-            continue
-        inside = between(temps, batch.start, batch.end)
-        if not inside:
-            continue  # no data for the batch: the data-integrity rules speak to that
-        peak = max(r.value for r in inside)
-        hold = longest_hold(inside, limit, max_gap)
-        judged.append(BatchJudgement(batch, peak, hold, limit, min_hold))
-    return judged
+    if batch.end > now:
+        return None
+    # Events and readings travel separately (and backlogs arrive in pieces): judge a batch
+    # once a reading from its end on is stored, or once `hold.settle_s` has passed.
+    if (latest is None or latest < batch.end) and now - batch.end < settle:
+        return None
+    inside = between(temps, batch.start, batch.end)
+    if not inside:
+        return None  # no data for the batch: the data-integrity rules speak to that
+    peak = max(r.value for r in inside)
+    hold = longest_hold(inside, limit, max_gap)
+    return BatchJudgement(batch, peak, hold, limit, min_hold)
 
 
 class ThermalBatchDetector(DeviceDetector):
@@ -207,3 +220,19 @@ class ThermalBatchDetector(DeviceDetector):
 def compliant_times(device: DeviceData, profile: Profile, now: datetime) -> list[datetime]:
     """Ends of the cabinet's compliant batches (evidence of effective disinfection)."""
     return [j.batch.end for j in judge_batches(device, profile, now) if j.verdict is None]
+
+
+def compliant_between(
+    device: DeviceData, profile: Profile, now: datetime, lo: datetime, hi: datetime
+) -> bool:
+    """Whether one of `compliant_times` lies in [lo, hi], judging only the batches that end
+    there, latest first (batches close in the order they end)."""
+    for batch in reversed(batches(device)):
+        if batch.end > hi:
+            continue
+        if batch.end < lo:
+            return False
+        judged = judge_batch(device, profile, batch, now)
+        if judged is not None and judged.verdict is None:
+            return True
+    return False
