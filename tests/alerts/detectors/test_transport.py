@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from tests.alerts.detectors.factories import at, device, event, firing, site, state
@@ -176,3 +177,32 @@ def test_a_clock_back_from_running_ahead_leaves_no_false_gap() -> None:
     visible = [r for r in ahead + normal if r.ts <= now]
     assert {r.seq for r in visible} == set(range(0, 51)) | set(range(60, 71))
     assert firing(GAP(env(visible), now)) == []
+
+
+def test_stored_data_gives_the_same_messages_as_the_general_path() -> None:
+    # A resend of seq 3 later with another time (a replay), seq 5 split over two receipts
+    # (a resend that added a metric), a reading without seq, and an event sharing a seq.
+    base = at()
+    readings = [
+        msg(1, base),
+        msg(2, base + timedelta(minutes=1)),
+        msg(3, base + timedelta(minutes=2)),
+        msg(3, base + timedelta(minutes=9), base + timedelta(minutes=9, seconds=30)),
+        Reading(base + timedelta(minutes=4), "d1", "temp_c", 21.0, 5, base + timedelta(minutes=6)),
+        Reading(
+            base + timedelta(minutes=4), "d1", "humidity_pct", 40.0, 5, base + timedelta(minutes=5)
+        ),
+        Reading(base + timedelta(minutes=5), "d1", "temp_c", 20.0, None, base),
+    ]
+    events = [event("d1", base + timedelta(minutes=7), "bag_in", seq=6, bag_id="b1")]
+    readings.sort(key=lambda r: r.ts)
+    stored = replace(
+        device(DeviceKind.WASTE_STORE_ENV, readings=readings, events=events), ordered=True
+    )
+    loose = device(DeviceKind.WASTE_STORE_ENV, readings=reversed(readings), events=events)
+    now = at(hours=1)
+    assert messages(stored, now) == messages(loose, now)
+    assert [(m.seq, m.received_at) for m in messages(stored, now)][3] == (
+        5,
+        base + timedelta(minutes=5),
+    )

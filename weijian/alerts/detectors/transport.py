@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
 from weijian.alerts.detectors.common import (
@@ -53,6 +53,8 @@ def messages(device: DeviceData, now: datetime) -> list[Message]:
 
 
 def _messages(device: DeviceData, now: datetime) -> list[Message]:
+    if device.ordered and not device.conflicts:
+        return _stored_messages(device, now)
     parts: dict[tuple[int, datetime], dict[str, object]] = defaultdict(dict)
     received: dict[tuple[int, datetime], datetime | None] = {}
     conflicts: set[tuple[int, datetime]] = set()
@@ -76,6 +78,27 @@ def _messages(device: DeviceData, now: datetime) -> list[Message]:
             received[key] = received_at
     found = [Message(seq, ts, received[seq, ts], (seq, ts) in conflicts) for seq, ts in parts]
     return sorted(found, key=lambda m: (m.ts, m.seq))
+
+
+_UNSEEN = datetime.min.replace(tzinfo=UTC)
+
+
+def _stored_messages(device: DeviceData, now: datetime) -> list[Message]:
+    """`_messages` for stored data without conflicting copies: the store keeps one row per
+    (metric, ts) and (type, ts), so no (seq, ts) can hold two values for one name; only the
+    earliest receive time of each message is to find (one pass, no value kept per row)."""
+    received: dict[tuple[datetime, int], datetime | None] = {}
+    for item in (device.readings, device.events):
+        for row in item:
+            seq, ts = row.seq, row.ts
+            if seq is None or ts > now:
+                continue
+            key = (ts, seq)
+            at = row.received_at
+            held = received.get(key, _UNSEEN)
+            if held is _UNSEEN or (at is not None and (held is None or at < held)):
+                received[key] = at
+    return [Message(seq, ts, received[ts, seq]) for ts, seq in sorted(received)]
 
 
 def boot_segments(found: list[Message], restart_max: int) -> list[list[Message]]:
