@@ -10,6 +10,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from prometheus_client import Histogram
 from psycopg_pool import AsyncConnectionPool
 
 from weijian.alerts.detectors import catalogue
@@ -25,6 +26,15 @@ from weijian.notify.jobs import OutboxDispatcher
 from weijian.notify.providers import provider_from_settings
 
 log = logging.getLogger(__name__)
+
+LOOP_LAG = Histogram(
+    "weijian_event_loop_lag_seconds",
+    "How late the event loop ran a timer (time it was held by other work)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+# The loop-lag probe's period, and the lag worth a warning in the log.
+_LAG_PERIOD_S = 0.05
+_LAG_WARN_S = 1.0
 
 
 @dataclass
@@ -92,6 +102,7 @@ async def run(
                 tasks.append(group.create_task(dispatcher.run(), name="notify-dispatch"))
             if stages.detectors:
                 tasks.append(group.create_task(_daily_retention(pool), name="retention"))
+            tasks.append(group.create_task(_watch_loop_lag(), name="loop-lag"))
             if stages.api:
                 tasks.append(group.create_task(_serve_api(settings, pool), name="api"))
             for extra in stages.extra:
@@ -127,6 +138,19 @@ async def _start_ingest(
             "ingest is not connected to %s yet; it keeps retrying", settings.mqtt.public_url
         )
     return None
+
+
+async def _watch_loop_lag() -> None:
+    """Measure how long the event loop is held between turns: every stage of `weijian up`
+    shares it, and a long hold delays alerts (`weijian_event_loop_lag_seconds`)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        await asyncio.sleep(_LAG_PERIOD_S)
+        lag = max(0.0, loop.time() - started - _LAG_PERIOD_S)
+        LOOP_LAG.observe(lag)
+        if lag >= _LAG_WARN_S:
+            log.warning("the event loop was held for %.2f s", lag)
 
 
 async def _daily_retention(pool: AsyncConnectionPool[AsyncConn]) -> None:

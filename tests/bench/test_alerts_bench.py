@@ -20,8 +20,10 @@ FIELDS = {
         "evaluation_s",
         "busy_fraction",
         "mean_evaluation_ms",
+        "loop_held",
     },
     "cpu": {"seconds", "machine_busy_pct"},
+    "startup": {"history_messages", "history_sent_s", "detection_caught_up_s"},
 }
 
 

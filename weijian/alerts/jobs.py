@@ -11,7 +11,7 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import orjson
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from psycopg_pool import AsyncConnectionPool
 
 from weijian.alerts import repository
@@ -36,9 +36,16 @@ EVALUATION_SECONDS = Histogram(
 )
 # The longest the scan waits, before each site, for the stream to take up new data.
 SCAN_YIELD_S = 1.0
+# An evaluation this slow is logged (it holds the loop every stage shares).
+SLOW_EVALUATION_S = 1.0
 # How often a scan judges every device over its whole lookback, not only what changed.
 FULL_SCAN_INTERVAL_S = 900.0
 ALERT_CHANGES = Counter("weijian_alert_changes_total", "Alert transitions", ["kind"])
+PENDING = Gauge(
+    "weijian_detector_pending_devices",
+    "Devices with committed data the stream has not judged yet (the detection backlog)",
+)
+SCANS = Counter("weijian_detector_scans_total", "Completed scans of every site", ["kind"])
 
 
 class DetectionLoop:
@@ -107,8 +114,11 @@ class DetectionLoop:
                     new_data=new_data,
                     narrow=narrow,
                 )
+            took = time.monotonic() - started
             EVALUATIONS.labels(trigger).inc()
-            EVALUATION_SECONDS.labels(trigger).observe(time.monotonic() - started)
+            EVALUATION_SECONDS.labels(trigger).observe(took)
+            if took >= SLOW_EVALUATION_S:
+                log.warning("%s evaluation of %s took %.2f s", trigger, site_id, took)
         for change in result.changes:
             ALERT_CHANGES.labels(change.kind).inc()
             log.info(
@@ -134,6 +144,7 @@ class DetectionLoop:
                     async for note in conn.notifies():
                         for device_id, earliest_ms in orjson.loads(note.payload).items():
                             self._note(device_id, earliest_ms)
+                        PENDING.set(len(self._pending))
                         self._wakeup.set()
             except (OSError, Exception) as exc:
                 if isinstance(exc, asyncio.CancelledError):
@@ -166,6 +177,8 @@ class DetectionLoop:
             self._wakeup.clear()
             pending, self._pending = self._pending, {}
             self._streaming = True
+            # Still being judged: a round counts until it is over.
+            PENDING.set(len(pending))
             try:
                 async with self._pool.connection() as conn:
                     sites = await repository.site_of_device(conn=conn, device_ids=list(pending))
@@ -186,6 +199,7 @@ class DetectionLoop:
                 log.exception("stream evaluation failed; the next scan will retry")
             finally:
                 self._streaming = False
+                PENDING.set(len(self._pending))
 
     async def scan(self) -> None:
         """Evaluate every site on a schedule (offline devices, overdue waste, daily UV, ...).
@@ -206,6 +220,7 @@ class DetectionLoop:
                 for site_id in site_ids:
                     await self._stream_first()
                     await self.evaluate(site_id, "full_scan" if full else "scan", narrow=not full)
+                SCANS.labels("full" if full else "narrow").inc()
             except Exception:
                 log.exception("scheduled scan failed")
             await asyncio.sleep(self._scan_interval)

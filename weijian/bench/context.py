@@ -211,16 +211,17 @@ class BenchContext:
             )
 
     def cleanup(self) -> None:
-        """Forget the ingest's broker sessions; drop the database unless asked to keep it."""
+        """Forget the ingest's broker sessions; drop the database and the scratch directory
+        (logs) unless asked to keep them."""
         for client_id in self.client_ids:
             # A clean-session connect under the same client id discards the stored session.
             with contextlib.suppress(OSError, RawMqttError):
                 RawPublisher(self.target, client_id, self.username, self.password).close()
         if self.config.keep:
-            self.progress(f"kept database {self.database}")
+            self.progress(f"kept database {self.database} and the logs in {self.scratch}")
         else:
             repo.drop_database(admin_url=self.admin_url, name=self.database)
-        shutil.rmtree(self.scratch, ignore_errors=True)
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     @contextlib.contextmanager
     def running(self) -> Iterator[BenchContext]:
