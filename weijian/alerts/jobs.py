@@ -142,9 +142,7 @@ class DetectionLoop:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     delay = 1.0
                     async for note in conn.notifies():
-                        for device_id, earliest_ms in orjson.loads(note.payload).items():
-                            self._note(device_id, earliest_ms)
-                        PENDING.set(len(self._pending))
+                        self.heard(note.payload)
                         self._wakeup.set()
             except (OSError, Exception) as exc:
                 if isinstance(exc, asyncio.CancelledError):
@@ -155,6 +153,17 @@ class DetectionLoop:
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 30.0)
 
+    def heard(self, payload: str) -> None:
+        """Take in one ingest announcement (`{"device": earliest device time in ms or null}`)."""
+        for device_id, earliest_ms in orjson.loads(payload).items():
+            self._note(device_id, earliest_ms)
+        PENDING.set(len(self._pending))
+
+    def take_pending(self) -> dict[str, datetime | None]:
+        """The devices announced since the last call (device → earliest new device time)."""
+        pending, self._pending = self._pending, {}
+        return pending
+
     def _note(self, device_id: str, earliest_ms: int | None) -> None:
         """Remember a device with new data, keeping the earliest device time announced."""
         earliest = None if earliest_ms is None else datetime.fromtimestamp(earliest_ms / 1000, UTC)
@@ -163,67 +172,75 @@ class DetectionLoop:
             self._pending[device_id] = earliest if earliest is not None else known
 
     async def stream(self) -> None:
-        """Evaluate the sites of devices with new data, shortly after it is committed.
-
-        A round takes the sites announced while the previous one ran and evaluates them one at
-        a time in the order their data arrived, each with its own `now`: a site whose data came
-        first is not kept waiting behind every site whose id sorts before it. Only the devices
-        with new data are judged (and the detectors across devices of their kinds); the
-        scheduled scan judges every device, so a device's clears and silences are never left
-        out for longer than a scan interval."""
+        """Evaluate the sites of devices with new data, shortly after it is committed: a round
+        takes the devices announced while the previous one ran (`stream_round`)."""
         while True:
             await self._wakeup.wait()
             await asyncio.sleep(self._debounce)
             self._wakeup.clear()
-            pending, self._pending = self._pending, {}
+            pending = self.take_pending()
             self._streaming = True
             # Still being judged: a round counts until it is over.
             PENDING.set(len(pending))
             try:
-                async with self._pool.connection() as conn:
-                    sites = await repository.site_of_device(conn=conn, device_ids=list(pending))
-                since: dict[str, datetime] = {}
-                focus: dict[str, set[str]] = defaultdict(set)
-                for device_id, earliest in pending.items():
-                    site_id = sites.get(device_id)
-                    if site_id is None:
-                        continue
-                    focus[site_id].add(device_id)
-                    if earliest is not None:
-                        since[site_id] = min(earliest, since.get(site_id, earliest))
-                for site_id in arrival_order(pending, sites):
-                    await self.evaluate(
-                        site_id, "stream", since=since, focus=focus, new_data=pending
-                    )
+                await self.stream_round(pending)
             except Exception:
                 log.exception("stream evaluation failed; the next scan will retry")
             finally:
                 self._streaming = False
                 PENDING.set(len(self._pending))
 
-    async def scan(self) -> None:
-        """Evaluate every site on a schedule (offline devices, overdue waste, daily UV, ...).
+    async def stream_round(self, pending: Mapping[str, datetime | None]) -> None:
+        """Evaluate the sites of the devices with new data (device → earliest device time of
+        it, None when only presence changed).
 
-        One site at a time, each behind the stream: fresh data is judged first, and the scan
-        waits for new data to be taken up before its next site (at most `SCAN_YIELD_S`, so a
-        busy stream cannot starve the scan). A scan judges what time alone changes since each
-        rule last judged each device; every `full_scan_interval_s` it judges every device over
-        its whole lookback (the first scan after a start always does)."""
+        The sites are evaluated one at a time in the order their data arrived, each with its
+        own `now`: a site whose data came first is not kept waiting behind every site whose id
+        sorts before it. Only the devices with new data are judged (and the detectors across
+        devices of their kinds), each rule only from where its verdict may have changed; the
+        scheduled scan judges every device, so a device's clears and silences are never left
+        out for longer than a scan interval."""
+        async with self._pool.connection() as conn:
+            sites = await repository.site_of_device(conn=conn, device_ids=list(pending))
+        since: dict[str, datetime] = {}
+        focus: dict[str, set[str]] = defaultdict(set)
+        for device_id, earliest in pending.items():
+            site_id = sites.get(device_id)
+            if site_id is None:
+                continue
+            focus[site_id].add(device_id)
+            if earliest is not None:
+                since[site_id] = min(earliest, since.get(site_id, earliest))
+        for site_id in arrival_order(pending, sites):
+            await self.evaluate(site_id, "stream", since=since, focus=focus, new_data=pending)
+
+    async def scan(self) -> None:
+        """Evaluate every site on a schedule (offline devices, overdue waste, daily UV, ...):
+        every `full_scan_interval_s` over the whole lookback (the first scan after a start
+        always), otherwise what time alone changed (`scan_round`)."""
         full_due = 0.0
         while True:
             full = time.monotonic() >= full_due
             if full:
                 full_due = time.monotonic() + self._full_scan_interval
             try:
-                async with self._pool.connection() as conn:
-                    site_ids = await repository.all_site_ids(conn=conn)
-                for site_id in site_ids:
-                    await self._stream_first()
-                    await self.evaluate(site_id, "full_scan" if full else "scan", narrow=not full)
-                SCANS.labels("full" if full else "narrow").inc()
+                await self.scan_round(full=full)
             except Exception:
                 log.exception("scheduled scan failed")
             await asyncio.sleep(self._scan_interval)
+
+    async def scan_round(self, *, full: bool) -> None:
+        """Evaluate every site, one at a time, each behind the stream: fresh data is judged
+        first, and the scan waits for new data to be taken up before its next site (at most
+        `SCAN_YIELD_S`, so a busy stream cannot starve the scan). `full`: every device over
+        its whole lookback; otherwise what time alone changed since each rule last judged
+        each device."""
+        async with self._pool.connection() as conn:
+            site_ids = await repository.all_site_ids(conn=conn)
+        for site_id in site_ids:
+            await self._stream_first()
+            await self.evaluate(site_id, "full_scan" if full else "scan", narrow=not full)
+        SCANS.labels("full" if full else "narrow").inc()
 
     async def _stream_first(self) -> None:
         waited = 0.0

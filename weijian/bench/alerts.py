@@ -198,7 +198,8 @@ class AlertBench:
             update={"database_url": ctx.url, "mqtt_topic_root": ctx.root}
         )
         now = datetime.now(UTC).replace(microsecond=0)
-        span = config.history_s + config.warmup_s + config.duration_s + 600
+        # Long enough to keep streaming while detection catches up and the probes run.
+        span = config.history_s + DETECTION_CATCH_UP_S + config.warmup_s + config.duration_s + 600
         self.scenario = city_scenario(
             ctx.tag,
             config.sites,
@@ -423,6 +424,8 @@ class AlertBench:
             parts["ingest"].append((received - published).total_seconds())
             parts["to_evaluation"].append((detected - received).total_seconds())
             parts["evaluation"].append((_from_ns(fired[device]) - detected).total_seconds())
+        if after["published"] == before["published"]:
+            raise BenchError("the city sent nothing while the probes ran (it ended too soon)")
         latency = {
             "p50_s": _s(p50),
             "p95_s": _s(p95),

@@ -2,9 +2,11 @@
 
 Each scenario gets its own database and topic root. The simulator publishes each step over
 the real broker, the real ingest commits it (its clock is the simulated clock), and once
-everything published has been committed the detectors and the alert lifecycle run at the
-step's simulated time — the scheduled scan of the live system, once per step. The alerts
-the platform raised are then matched to the scenario's labels.
+everything published has been committed the live detection loop (`alerts/jobs.py`) runs at
+the step's simulated time: a stream round for the devices whose data ingest announced, as
+the live loop does about 0.1 s after each commit, and a scheduled scan every `scan` of
+simulated time (every site over its whole lookback every 15 min, as live). The alerts the
+platform raised are then matched to the scenario's labels.
 """
 
 from __future__ import annotations
@@ -20,21 +22,19 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg import sql
 
 from weijian.alerts import repository as alerts_repo
 from weijian.alerts.detectors import catalogue
-from weijian.alerts.flows import evaluate_sites
-from weijian.alerts.windows import WindowCache
+from weijian.alerts.jobs import FULL_SCAN_INTERVAL_S, DetectionLoop
 from weijian.clock import ManualClock
 from weijian.config import Settings
-from weijian.db.connection import connect
+from weijian.db.connection import connect, open_pool
 from weijian.db.migrate import migrate
 from weijian.ingest.repository import NOTIFY_CHANNEL
 from weijian.ingest.worker import TelemetryIngestor
@@ -169,39 +169,38 @@ class ScenarioEvaluation:
         sink = CountingSink(MqttPublisher(credentials))
         runner = asyncio.Runner()
         conn = runner.run(connect(self.settings.database_url))
+        pool = runner.run(open_pool(self.settings.database_url, min_size=1, max_size=2))
         # What ingest announces on commit (earliest device time per device), as the live
-        # detection loop hears it: late backlogs widen the window and refresh the cache.
+        # detection loop hears it: the devices a stream round judges, and how far back.
         listener = psycopg.connect(self.settings.database_url, autocommit=True)
         listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
-        site_of = {c.device_id: c.site_id or "" for c in credentials.values()}
-        site_ids = sorted(set(site_of.values()))
-        detectors = catalogue()
-        windows = WindowCache()
-        rng = random.Random(1)
-        since: dict[str, datetime] = {}
+        loop = DetectionLoop(
+            database_url=self.settings.database_url,
+            pool=pool,
+            detectors=catalogue(),
+            clock=self.clock,
+            rng=random.Random(1),
+            sign="卫生监督所",
+        )
+        next_full = self.scenario.start
 
         def on_step(sim_time: datetime) -> None:
+            nonlocal next_full
             self._await_commit(ingestor, sink.published)
-            _heard(listener, site_of, since)
+            for note in listener.notifies(timeout=0):
+                loop.heard(note.payload)
+            pending = loop.take_pending()
             self._report_progress(sim_time, started)
-            if sim_time < self._next_scan and sim_time < self.scenario.end:
-                return
-            while self._next_scan <= sim_time:
-                self._next_scan += self.scan
             t0 = time.monotonic()
-            runner.run(
-                evaluate_sites(
-                    conn=conn,
-                    site_ids=site_ids,
-                    detectors=detectors,
-                    now=sim_time,
-                    rng=rng,
-                    sign="卫生监督所",
-                    since=dict(since),
-                    cache=windows,
-                )
-            )
-            since.clear()
+            if pending:
+                runner.run(loop.stream_round(pending))
+            if sim_time >= self._next_scan or sim_time >= self.scenario.end:
+                while self._next_scan <= sim_time:
+                    self._next_scan += self.scan
+                full = sim_time >= next_full
+                if full:
+                    next_full = sim_time + timedelta(seconds=FULL_SCAN_INTERVAL_S)
+                runner.run(loop.scan_round(full=full))
             self.detection_s += time.monotonic() - t0
 
         try:
@@ -217,6 +216,7 @@ class ScenarioEvaluation:
             rows = runner.run(alerts_repo.detections(conn=conn))
         finally:
             listener.close()
+            runner.run(pool.close())
             runner.run(conn.close())
             runner.close()
             ingestor.stop()
@@ -257,19 +257,6 @@ class ScenarioEvaluation:
                 )
                 return
             time.sleep(0.005)
-
-
-def _heard(
-    listener: psycopg.Connection[Any], site_of: dict[str, str], since: dict[str, datetime]
-) -> None:
-    """Fold the ingest announcements received so far into site → earliest new device time."""
-    for note in listener.notifies(timeout=0):
-        for device_id, earliest_ms in orjson.loads(note.payload).items():
-            site_id = site_of.get(device_id)
-            if site_id is None or earliest_ms is None:
-                continue
-            earliest = datetime.fromtimestamp(earliest_ms / 1000, UTC)
-            since[site_id] = min(earliest, since.get(site_id, earliest))
 
 
 @dataclass(frozen=True)
