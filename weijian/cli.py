@@ -530,10 +530,18 @@ def demo(
 @app.command("eval")
 def eval_(
     paths: Annotated[list[str], typer.Argument(help="Scenario files or folders of *.yaml.")],
-    step: Annotated[float, typer.Option(min=1, help="Simulated seconds per publishing step.")] = 30,
+    step: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            help="Simulated seconds per publishing step; the stream judges each step's data"
+            " (10 s: the shortest reporting interval).",
+        ),
+    ] = 10,
     scan: Annotated[
-        float, typer.Option(min=1, help="Simulated seconds between detector scans.")
-    ] = 300,
+        float,
+        typer.Option(min=1, help="Simulated seconds between detector scans (the live 60 s)."),
+    ] = 60,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     keep: Annotated[bool, typer.Option(help="Keep each scenario's database.")] = False,
     jobs: Annotated[

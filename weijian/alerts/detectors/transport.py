@@ -8,6 +8,7 @@ both.
 from __future__ import annotations
 
 import json
+from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,11 +17,13 @@ from operator import attrgetter
 
 from weijian.alerts.detectors.common import (
     DeviceDetector,
+    Horizon,
     floor_to,
     iso,
     local_time,
     seconds,
     since_label,
+    within,
 )
 from weijian.alerts.models import DeviceData, Finding, SiteData
 from weijian.alerts.models import Severity as Sev
@@ -300,6 +303,16 @@ def replays(found: list[Message], restart_max: int) -> list[Message]:
     return sorted(copies, key=lambda m: (m.arrived, m.seq))
 
 
+def _last_message_before(device: DeviceData, when: datetime) -> datetime | None:
+    """Device time of the device's last message before `when` (data in device-time order)."""
+    latest: datetime | None = None
+    for items in (device.readings, device.events):
+        i = bisect_left(items, when, key=_TS)
+        if i and (latest is None or items[i - 1].ts > latest):
+            latest = items[i - 1].ts
+    return latest
+
+
 def _hourly(found: list[tuple[datetime, Message]]) -> dict[datetime, list[Message]]:
     buckets: dict[datetime, list[Message]] = defaultdict(list)
     for when, msg in found:
@@ -312,6 +325,29 @@ class _SeqDetector(DeviceDetector):
 
     device_kinds = _ALL
     lookback = timedelta(hours=2)
+
+    def horizon(
+        self, site: SiteData, device: DeviceData, since: datetime, now: datetime
+    ) -> Horizon | None:
+        """From the last message before the hour in which a gap may have become confirmed
+        (its later message arrived within the grace time of the last judgement, or is new),
+        provided the messages from there on count up in device-time order. Then every new
+        message continues the counter past every earlier one of its boot: it can neither fill
+        an older gap nor repeat an older seq, and each hour from there is seen whole. Anything
+        else (a reboot, a replay, a clock that went back, a conflicting copy) is judged over
+        the whole lookback."""
+        if device.conflicts:
+            return None
+        grace = seconds(site.profile.number("seq.gap_grace_s", device.device_id))
+        ahead = seconds(site.profile.number("clock_skew.max_s", device.device_id))
+        hour = floor_to(since - grace - ahead, _GAP_BUCKET)
+        start = _last_message_before(device, hour)
+        if start is None:
+            return None
+        found = messages(within(device, start, now), now)
+        if any(b.seq <= a.seq for a, b in pairwise(found)):
+            return None
+        return Horizon(start)
 
     def clear(
         self,
