@@ -540,7 +540,10 @@ def eval_(
     ] = 10,
     scan: Annotated[
         float,
-        typer.Option(min=1, help="Simulated seconds between detector scans (the live 60 s)."),
+        typer.Option(
+            min=1,
+            help="Simulated seconds between detector scans (live: 30 s after a scan ends).",
+        ),
     ] = 60,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     keep: Annotated[bool, typer.Option(help="Keep each scenario's database.")] = False,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from weijian.config import Settings
 from weijian.simulator import match
-from weijian.simulator.evaluate import ScenarioEvaluation
+from weijian.simulator.evaluate import ScenarioEvaluation, _Job, next_disjoint
 from weijian.simulator.live import plants_scenario
+from weijian.simulator.scenario import load_scenario
 
 
 def test_a_short_hold_is_caught_and_nothing_else_is_raised(settings: Settings) -> None:
@@ -24,3 +26,37 @@ def test_a_short_hold_is_caught_and_nothing_else_is_raised(settings: Settings) -
     score = match(result.labels, result.alerts).score()
     assert (score.tp, score.fp, score.fn) == (1, 0, 0)
     assert result.messages > 500
+
+
+def test_scenarios_sharing_devices_never_run_at_once() -> None:
+    a, b, c = frozenset({"plant-a-steam-1"}), frozenset({"plant-b-ir-1"}), frozenset({"x"})
+    # a is running: the next waiting one that shares no device starts, the clashing one waits.
+    assert next_disjoint([a | b, c], [a]) == 1
+    assert next_disjoint([a, b], [a | c]) == 1
+    assert next_disjoint([a], [a]) is None
+    # Nothing running: the first in line starts.
+    assert next_disjoint([a, b], []) == 0
+    assert next_disjoint([], [a]) is None
+
+
+def test_library_scenarios_that_share_devices_are_told_apart() -> None:
+    root = Path(__file__).resolve().parents[2] / "scenarios"
+    jobs = {
+        name: _Job(
+            Settings(),
+            root / f"{name}.yaml",
+            load_scenario(root / f"{name}.yaml"),
+            timedelta(seconds=10),
+            False,
+            None,
+        )
+        for name in ("faults_thermal", "clean_plants", "faults_waste")
+    }
+    assert jobs["faults_thermal"].accounts & jobs["clean_plants"].accounts
+    assert (
+        next_disjoint(
+            [jobs["clean_plants"].accounts, jobs["faults_waste"].accounts],
+            [jobs["faults_thermal"].accounts],
+        )
+        == 1
+    )

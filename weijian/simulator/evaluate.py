@@ -42,7 +42,7 @@ from weijian.signals import sigterm_interrupts
 from weijian.simulator.engine import MessageSink, Simulation
 from weijian.simulator.labels import Label
 from weijian.simulator.matcher import AlertRecord, alerts_from_platform, device_days
-from weijian.simulator.platform import RegistryProvisioner
+from weijian.simulator.platform import RegistryProvisioner, platform_id
 from weijian.simulator.publisher import MqttPublisher
 from weijian.simulator.scenario import Scenario
 
@@ -270,6 +270,15 @@ class _Job:
     keep: bool
     scan: timedelta | None
 
+    @property
+    def accounts(self) -> frozenset[str]:
+        """The broker accounts the scenario's devices take over (their registry ids)."""
+        return frozenset(
+            platform_id(site.key, device.key)
+            for site in self.scenario.sites
+            for device in site.devices
+        )
+
     def run(self) -> ScenarioResult:
         log.info("evaluating %s (%s)", self.path, self.scenario.name)
         result = ScenarioEvaluation(
@@ -315,6 +324,20 @@ def _worker(
             out.put((index, f"{type(exc).__name__}: {exc}"))
 
 
+def next_disjoint(
+    waiting: Sequence[frozenset[str]], running: Sequence[frozenset[str]]
+) -> int | None:
+    """The first waiting scenario whose devices no running one has (None: none may start now).
+
+    A device's broker account is named by its id alone, so a second scenario provisioning the
+    same id takes the account over and the broker disconnects the first one's device."""
+    busy = frozenset().union(*running)
+    for index, accounts in enumerate(waiting):
+        if not accounts & busy:
+            return index
+    return None
+
+
 def _evaluate_parallel(todo: Sequence[_Job], jobs: int) -> list[ScenarioResult]:
     ctx = multiprocessing.get_context("spawn")
     out: multiprocessing.queues.Queue[tuple[int, ScenarioResult | str]] = ctx.Queue()
@@ -323,8 +346,14 @@ def _evaluate_parallel(todo: Sequence[_Job], jobs: int) -> list[ScenarioResult]:
     results: dict[int, ScenarioResult] = {}
     try:
         while waiting or running:
-            while waiting and len(running) < jobs:
-                index, job = waiting.pop(0)
+            while len(running) < jobs:
+                pick = next_disjoint(
+                    [job.accounts for _, job in waiting],
+                    [todo[i].accounts for i in running],
+                )
+                if pick is None:
+                    break
+                index, job = waiting.pop(pick)
                 started = ctx.Process(
                     target=_worker, args=(index, job, out), name=f"eval-{job.scenario.name}"
                 )
