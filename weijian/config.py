@@ -87,12 +87,10 @@ class Settings(BaseSettings):
     ingest_presence_refresh_s: float = Field(default=5.0, ge=0)
 
     # Notifications
-    sms_provider: Literal["console", "webhook", "aliyun", "tencent"] = "console"
+    # console: log only; webhook: the bureau's SMS gateway (vendor SDKs sit behind it).
+    sms_provider: Literal["console", "webhook"] = "console"
     sms_webhook_url: str | None = None
-    sms_access_key_id: str | None = None
-    sms_access_key_secret: str | None = None
     sms_sign_name: str = "卫生监督所"
-    sms_template_code: str | None = None
     sms_rate_per_recipient_per_hour: int = Field(default=20, ge=1)
 
     # Inspections
