@@ -1,4 +1,4 @@
-"""The stream evaluates the sites of a round in the order their data arrived, one at a time."""
+"""The stream evaluates the sites of a round in the order their data arrived, a few at once."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ class _Recording(DetectionLoop):
 
 
 @pytest.mark.anyio
-async def test_stream_evaluates_sites_one_at_a_time_in_arrival_order(settings: Settings) -> None:
+async def test_stream_evaluates_sites_in_arrival_order(settings: Settings) -> None:
     late = await make_site(settings, site_id="s-zz-first")
     early = await make_site(settings, site_id="s-aa-second")
     conn = await connect(settings.database_url)
@@ -147,3 +147,80 @@ async def test_the_scan_lets_the_stream_judge_new_data_first(settings: Settings)
     assert loop.focus[0] == {site_ids[2]: {"dev-2"}}
     # The first scan after a start judges every device over its whole lookback.
     assert loop.triggers[1:4] == [("full_scan", False)] * 3
+
+
+class _Overlapping(DetectionLoop):
+    """Evaluations that take a while: records start order and how many ran at once."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.started: list[str] = []
+        self.running = 0
+        self.most = 0
+
+    async def evaluate(
+        self,
+        site_id: str,
+        trigger: str,
+        *,
+        since: Mapping[str, datetime] | None = None,
+        focus: Mapping[str, Collection[str]] | None = None,
+        new_data: Mapping[str, datetime | None] | None = None,
+        narrow: bool = True,
+    ) -> EvaluationResult:
+        self.started.append(site_id)
+        self.running += 1
+        self.most = max(self.most, self.running)
+        await asyncio.sleep(0.02)
+        self.running -= 1
+        return EvaluationResult()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("concurrency", [1, 2, 3])
+async def test_a_stream_round_overlaps_at_most_its_concurrency_of_sites(
+    settings: Settings, concurrency: int
+) -> None:
+    site_ids = [await make_site(settings, site_id=f"s-par-{i}") for i in range(5)]
+    conn = await connect(settings.database_url)
+    async with conn:
+        for i, site_id in enumerate(site_ids):
+            await devices_repo.insert_device(
+                conn=conn,
+                device_id=f"par-{i}",
+                site_id=site_id,
+                kind="dish_machine",
+                name=None,
+                interval_s=10,
+            )
+    pool = await open_pool(settings.database_url, min_size=1, max_size=2)
+    try:
+        loop = _Overlapping(
+            database_url=settings.database_url,
+            pool=pool,
+            detectors=[],
+            clock=ManualClock(NOW),
+            rng=random.Random(1),
+            sign="test",
+            concurrency=concurrency,
+        )
+        arrival = [4, 0, 3, 1, 2]
+        await loop.stream_round({f"par-{i}": None for i in arrival})
+    finally:
+        await pool.close()
+    assert loop.started == [site_ids[i] for i in arrival]  # every site once, in arrival order
+    assert loop.most == concurrency
+    assert loop.running == 0
+
+
+def test_a_loop_needs_a_concurrency_of_at_least_one() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        DetectionLoop(
+            database_url="postgresql://unused",
+            pool=None,  # type: ignore[arg-type]
+            detectors=[],
+            clock=ManualClock(NOW),
+            rng=random.Random(1),
+            sign="test",
+            concurrency=0,
+        )
