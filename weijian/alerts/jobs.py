@@ -217,6 +217,11 @@ class DetectionLoop:
             focus[site_id].add(device_id)
             if earliest is not None:
                 since[site_id] = min(earliest, since.get(site_id, earliest))
+        order = arrival_order(pending, sites)
+        if self._concurrency == 1:  # in this task: an interrupt lands in the round itself
+            for site_id in order:
+                await self.evaluate(site_id, "stream", since=since, focus=focus, new_data=pending)
+            return
         # Up to `concurrency` sites at once, started in arrival order: while one evaluation
         # waits for the database, another judges (a site is still evaluated once at a time).
         limit = asyncio.Semaphore(self._concurrency)
@@ -226,7 +231,7 @@ class DetectionLoop:
                 await self.evaluate(site_id, "stream", since=since, focus=focus, new_data=pending)
 
         async with asyncio.TaskGroup() as group:
-            for site_id in arrival_order(pending, sites):
+            for site_id in order:
                 group.create_task(one(site_id))
 
     async def scan(self) -> None:
