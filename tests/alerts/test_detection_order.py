@@ -33,6 +33,9 @@ class _Recording(DetectionLoop):
         self.focus: list[dict[str, set[str]]] = []
         self.triggers: list[tuple[str, bool]] = []
         self.new_data: list[dict[str, datetime | None]] = []
+        self.delay = 0.0  # how long each evaluation takes
+        self.running = 0
+        self.most = 0  # evaluations under way at once, at most
 
     async def evaluate(
         self,
@@ -48,7 +51,28 @@ class _Recording(DetectionLoop):
         self.focus.append({k: set(v) for k, v in (focus or {}).items()})
         self.triggers.append((trigger, narrow))
         self.new_data.append(dict(new_data or {}))
+        self.running += 1
+        self.most = max(self.most, self.running)
+        await asyncio.sleep(self.delay)
+        self.running -= 1
         return EvaluationResult()
+
+
+async def _sites_with_devices(settings: Settings, prefix: str, n: int) -> list[str]:
+    """n sites, each with one dish machine `{prefix}-dev-{i}`."""
+    site_ids = [await make_site(settings, site_id=f"s-{prefix}-{i}") for i in range(n)]
+    conn = await connect(settings.database_url)
+    async with conn:
+        for i, site_id in enumerate(site_ids):
+            await devices_repo.insert_device(
+                conn=conn,
+                device_id=f"{prefix}-dev-{i}",
+                site_id=site_id,
+                kind="dish_machine",
+                name=None,
+                interval_s=10,
+            )
+    return site_ids
 
 
 @pytest.mark.anyio
@@ -106,18 +130,7 @@ async def test_stream_evaluates_sites_in_arrival_order(settings: Settings) -> No
 
 @pytest.mark.anyio
 async def test_the_scan_lets_the_stream_judge_new_data_first(settings: Settings) -> None:
-    site_ids = [await make_site(settings, site_id=f"s-scan-{i}") for i in range(3)]
-    conn = await connect(settings.database_url)
-    async with conn:
-        for i, site_id in enumerate(site_ids):
-            await devices_repo.insert_device(
-                conn=conn,
-                device_id=f"dev-{i}",
-                site_id=site_id,
-                kind="dish_machine",
-                name=None,
-                interval_s=10,
-            )
+    site_ids = await _sites_with_devices(settings, "scan", 3)
     pool = await open_pool(settings.database_url, min_size=1, max_size=3)
     try:
         loop = _Recording(
@@ -130,7 +143,7 @@ async def test_the_scan_lets_the_stream_judge_new_data_first(settings: Settings)
             debounce_s=0.05,
             scan_interval_s=3600,
         )
-        loop._note("dev-2", None)  # new data for the last site, before the scan starts
+        loop._note("scan-dev-2", None)  # new data for the last site, before the scan starts
         loop._wakeup.set()
         tasks = [asyncio.create_task(loop.scan()), asyncio.create_task(loop.stream())]
         for _ in range(300):
@@ -144,36 +157,9 @@ async def test_the_scan_lets_the_stream_judge_new_data_first(settings: Settings)
         await pool.close()
     # The stream's evaluation of the new data comes before any of the scan's.
     assert [sites for sites, _ in loop.calls][:2] == [[site_ids[2]], [site_ids[0]]]
-    assert loop.focus[0] == {site_ids[2]: {"dev-2"}}
+    assert loop.focus[0] == {site_ids[2]: {"scan-dev-2"}}
     # The first scan after a start judges every device over its whole lookback.
     assert loop.triggers[1:4] == [("full_scan", False)] * 3
-
-
-class _Overlapping(DetectionLoop):
-    """Evaluations that take a while: records start order and how many ran at once."""
-
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.started: list[str] = []
-        self.running = 0
-        self.most = 0
-
-    async def evaluate(
-        self,
-        site_id: str,
-        trigger: str,
-        *,
-        since: Mapping[str, datetime] | None = None,
-        focus: Mapping[str, Collection[str]] | None = None,
-        new_data: Mapping[str, datetime | None] | None = None,
-        narrow: bool = True,
-    ) -> EvaluationResult:
-        self.started.append(site_id)
-        self.running += 1
-        self.most = max(self.most, self.running)
-        await asyncio.sleep(0.02)
-        self.running -= 1
-        return EvaluationResult()
 
 
 @pytest.mark.anyio
@@ -181,21 +167,10 @@ class _Overlapping(DetectionLoop):
 async def test_a_stream_round_overlaps_at_most_its_concurrency_of_sites(
     settings: Settings, concurrency: int
 ) -> None:
-    site_ids = [await make_site(settings, site_id=f"s-par-{i}") for i in range(5)]
-    conn = await connect(settings.database_url)
-    async with conn:
-        for i, site_id in enumerate(site_ids):
-            await devices_repo.insert_device(
-                conn=conn,
-                device_id=f"par-{i}",
-                site_id=site_id,
-                kind="dish_machine",
-                name=None,
-                interval_s=10,
-            )
+    site_ids = await _sites_with_devices(settings, "par", 5)
     pool = await open_pool(settings.database_url, min_size=1, max_size=2)
     try:
-        loop = _Overlapping(
+        loop = _Recording(
             database_url=settings.database_url,
             pool=pool,
             detectors=[],
@@ -204,11 +179,13 @@ async def test_a_stream_round_overlaps_at_most_its_concurrency_of_sites(
             sign="test",
             concurrency=concurrency,
         )
+        loop.delay = 0.02
         arrival = [4, 0, 3, 1, 2]
-        await loop.stream_round({f"par-{i}": None for i in arrival})
+        await loop.stream_round({f"par-dev-{i}": None for i in arrival})
     finally:
         await pool.close()
-    assert loop.started == [site_ids[i] for i in arrival]  # every site once, in arrival order
+    # Every site once, started in arrival order.
+    assert [sites for sites, _ in loop.calls] == [[site_ids[i]] for i in arrival]
     assert loop.most == concurrency
     assert loop.running == 0
 
