@@ -239,10 +239,29 @@ def test_eval_runs_scenarios_in_parallel_and_reports_them_in_order(
             " devices: [{key: steam-1, kind: steam_cabinet}]}\n" + (faults if fault else ""),
             encoding="utf-8",
         )
-    out = weijian(settings, "eval", str(tmp_path), "--scan", "120", "--jobs", "2", "--json")
+    saved = tmp_path / "results"
+    out = weijian(
+        settings, "eval", str(tmp_path), "--scan", "120", "--jobs", "2", "--json",
+        "--save", str(saved),
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert [r["scenario"] for r in report["scenarios"]] == ["a-faulty", "b-clean"]
     assert report["overall"]["tp"] == 1
     assert report["scenarios"][1]["false_alerts_per_1000_device_days"] == 0.0
     assert out.stderr.count("done in") == 2
+    # Each scenario was also written on its own as it finished, with what it missed and raised.
+    faulty = json.loads((saved / "a-faulty.json").read_text(encoding="utf-8"))
+    assert faulty["overall"] == report["scenarios"][0]["overall"]
+    assert faulty["false_negatives"] == [] and faulty["step_s"] == 10
+    clean = json.loads((saved / "b-clean.json").read_text(encoding="utf-8"))
+    assert clean["false_positives"] == [] and clean["labels"] == 0
+    assert out.stderr.count("saved ") == 2
+
+
+def test_eval_refuses_a_results_folder_it_cannot_write(settings: Settings, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("", encoding="utf-8")
+    out = weijian(settings, "eval", "scenarios/demo.yaml", "--save", str(blocker / "sub"))
+    assert out.returncode != 0
+    assert out.stderr.startswith("error: cannot write results to")

@@ -550,6 +550,14 @@ def eval_(
     jobs: Annotated[
         int, typer.Option(min=1, max=16, help="Scenarios evaluated at once (processes).")
     ] = 1,
+    save: Annotated[
+        str | None,
+        typer.Option(
+            help="Write each scenario's scores, misses and false alerts to DIR/<name>.json"
+            " as soon as it finishes (a stopped run keeps them).",
+            metavar="DIR",
+        ),
+    ] = None,
 ) -> None:
     """Run labelled scenarios through broker, ingest, detectors and alerts; score detection."""
     from datetime import timedelta
@@ -557,14 +565,46 @@ def eval_(
     from rich.console import Console
 
     from weijian.simulator import load_scenarios, match, render_table, to_dict
-    from weijian.simulator.evaluate import evaluate_paths
+    from weijian.simulator.evaluate import ScenarioResult, evaluate_paths
 
     settings = _settings()
     _logging("WARNING" if as_json else settings.log_level)
     scenarios = [item for path in paths for item in load_scenarios(path)]
     if not scenarios:
         raise CliError(f"no scenarios in {' '.join(paths)}")
+    from pathlib import Path
+
+    save_dir = None if save is None else Path(save)
+    if save_dir is not None:
+        try:
+            save_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CliError(f"cannot write results to {save}: {exc.strerror}") from exc
     from weijian.signals import sigterm_interrupts
+
+    def summary(r: ScenarioResult, *, full: bool = False) -> dict[str, Any]:
+        scored = to_dict(
+            match(r.labels, r.alerts, clean_device_days=r.device_days if r.clean else 0)
+        )
+        keys = scored.keys() if full else ("overall", "rules", "false_alerts_per_1000_device_days")
+        return {
+            "scenario": r.scenario.name,
+            "messages": r.messages,
+            "labels": len(r.labels),
+            "alerts": len(r.alerts),
+            "device_days": round(r.device_days, 1),
+            "wall_s": round(r.wall_s, 1),
+            "detection_s": round(r.detection_s, 1),
+            # The same matching, for this scenario alone.
+            **{k: scored[k] for k in keys},
+        }
+
+    def finished(r: ScenarioResult) -> None:
+        if save_dir is not None:
+            out = save_dir / f"{r.scenario.name}.json"
+            data = {"step_s": step, "scan_s": scan, **summary(r, full=True)}
+            out.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+            sys.stderr.write(f"eval {r.scenario.name}: saved {out}\n")
 
     with sigterm_interrupts():  # each scenario's database is dropped when the run is killed
         results = evaluate_paths(
@@ -574,31 +614,13 @@ def eval_(
             keep=keep,
             scan=timedelta(seconds=scan),
             jobs=jobs,
+            on_result=finished,
         )
     labels = [label for r in results for label in r.labels]
     alerts = [alert for r in results for alert in r.alerts]
     clean_days = sum(r.device_days for r in results if r.clean)
     evaluation = match(labels, alerts, clean_device_days=clean_days)
-    runs = [
-        {
-            "scenario": r.scenario.name,
-            "messages": r.messages,
-            "labels": len(r.labels),
-            "alerts": len(r.alerts),
-            "device_days": round(r.device_days, 1),
-            "wall_s": round(r.wall_s, 1),
-            "detection_s": round(r.detection_s, 1),
-            # The same matching, for this scenario alone.
-            **{
-                k: v
-                for k, v in to_dict(
-                    match(r.labels, r.alerts, clean_device_days=r.device_days if r.clean else 0)
-                ).items()
-                if k in ("overall", "rules", "false_alerts_per_1000_device_days")
-            },
-        }
-        for r in results
-    ]
+    runs = [summary(r) for r in results]
     if as_json:
         _print_json({"step_s": step, "scan_s": scan, "scenarios": runs, **to_dict(evaluation)})
         return

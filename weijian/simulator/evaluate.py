@@ -20,7 +20,7 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -303,15 +303,24 @@ def evaluate_paths(
     keep: bool = False,
     scan: timedelta | None = None,
     jobs: int = 1,
+    on_result: Callable[[ScenarioResult], None] | None = None,
 ) -> list[ScenarioResult]:
     """Evaluate scenarios, each on its own database: one after the other, or `jobs` at a time
-    in worker processes (results in the order given)."""
+    in worker processes (results in the order given).
+
+    `on_result` sees each scenario as soon as it is done, so a run stopped later keeps what
+    finished."""
     if jobs < 1:
         raise ValueError("jobs must be at least 1")
     todo = [_Job(base, path, sc, step, keep, scan) for path, sc in scenarios]
+    done = on_result or (lambda _result: None)
     if jobs == 1 or len(todo) == 1:
-        return [job.run() for job in todo]
-    return _evaluate_parallel(todo, jobs)
+        results = []
+        for job in todo:
+            results.append(job.run())
+            done(results[-1])
+        return results
+    return _evaluate_parallel(todo, jobs, done)
 
 
 def _worker(
@@ -342,7 +351,9 @@ def next_disjoint(
     return None
 
 
-def _evaluate_parallel(todo: Sequence[_Job], jobs: int) -> list[ScenarioResult]:
+def _evaluate_parallel(
+    todo: Sequence[_Job], jobs: int, done: Callable[[ScenarioResult], None]
+) -> list[ScenarioResult]:
     ctx = multiprocessing.get_context("spawn")
     out: multiprocessing.queues.Queue[tuple[int, ScenarioResult | str]] = ctx.Queue()
     waiting = list(enumerate(todo))
@@ -368,6 +379,7 @@ def _evaluate_parallel(todo: Sequence[_Job], jobs: int) -> list[ScenarioResult]:
             if isinstance(outcome, str):
                 raise RuntimeError(f"scenario {todo[index].path}: {outcome}")
             results[index] = outcome
+            done(outcome)
     finally:
         for proc in running.values():  # interrupted or failed: stop the others cleanly
             proc.terminate()
