@@ -253,9 +253,11 @@ def test_eval_runs_scenarios_in_parallel_and_reports_them_in_order(
     # Each scenario was also written on its own as it finished, with what it missed and raised.
     faulty = json.loads((saved / "a-faulty.json").read_text(encoding="utf-8"))
     assert faulty["overall"] == report["scenarios"][0]["overall"]
-    assert faulty["false_negatives"] == [] and faulty["step_s"] == 10
+    assert faulty["false_negatives"] == []
+    assert faulty["step_s"] == 10
     clean = json.loads((saved / "b-clean.json").read_text(encoding="utf-8"))
-    assert clean["false_positives"] == [] and clean["labels"] == 0
+    assert clean["false_positives"] == []
+    assert clean["labels"] == 0
     assert out.stderr.count("saved ") == 2
 
 
