@@ -88,6 +88,20 @@ def test_batches_only_in_shifts(plant_run: tuple[Scenario, MemorySink]) -> None:
         assert e["ts"].endswith("+08:00")
 
 
+@pytest.mark.parametrize("start", ["2026-11-23T22:25:00+08:00", "2026-11-23T23:50:00+08:00"])
+def test_a_plant_working_round_the_clock_runs_one_batch_at_a_time_across_midnight(
+    start: str,
+) -> None:
+    # Back-to-back shifts: the last batch of one runs past its end into the next.
+    sc = scenario([plant(shifts=["00:00-23:59"], devices=_CABINETS)], duration="4h", start=start)
+    plan = plan_scenario(sc)
+    for ref in ("p/steam-1", "p/ir-1"):
+        found = plan.device(ref).twin.batches
+        assert len(found) >= 6
+        for earlier, later in itertools.pairwise(found):
+            assert later.load >= earlier.unloaded
+
+
 def test_dish_machine_rinse_and_exposure_while_running(
     plant_run: tuple[Scenario, MemorySink],
 ) -> None:

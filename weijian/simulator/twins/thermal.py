@@ -78,8 +78,9 @@ class Cabinet(Twin):
     def _plan(self) -> None:
         rng = self.ctx.plan_rng
         fixed_setpoint = self.ctx.params.get("setpoint_c")
+        free = -math.inf  # when the cabinet is empty again (a batch may run past its shift)
         for w0, w1 in self.ctx.shifts:
-            t = w0 + rng.uniform(120, 480)
+            t = max(w0 + rng.uniform(120, 480), free)
             while t < w1 - 600:
                 load = rng.uniform(180, 300)
                 close = t + load
@@ -90,7 +91,7 @@ class Cabinet(Twin):
                     t = max(q[1] for q in quiet) + rng.uniform(120, 300)
                     continue
                 setpoint = float(fixed_setpoint or self.limit + rng.uniform(*self._margin))
-                t = self._batch(t, close, setpoint, hold)
+                t = free = self._batch(t, close, setpoint, hold)
 
     def _batch(self, load: float, close: float, setpoint: float, hold: float) -> float:
         rng = self.ctx.plan_rng
