@@ -14,6 +14,7 @@ from weijian.devices.kinds import DeviceKind
 from weijian.simulator.engine import MemorySink
 from weijian.simulator.plan import plan_scenario
 from weijian.simulator.scenario import Scenario
+from weijian.simulator.twins.thermal import Cabinet
 from weijian.simulator.timeutil import local_midnight
 
 _CABINETS = [
@@ -96,7 +97,9 @@ def test_a_plant_working_round_the_clock_runs_one_batch_at_a_time_across_midnigh
     sc = scenario([plant(shifts=["00:00-23:59"], devices=_CABINETS)], duration="4h", start=start)
     plan = plan_scenario(sc)
     for ref in ("p/steam-1", "p/ir-1"):
-        found = plan.device(ref).twin.batches
+        twin = plan.device(ref).twin
+        assert isinstance(twin, Cabinet)
+        found = twin.batches
         assert len(found) >= 6
         for earlier, later in itertools.pairwise(found):
             assert later.load >= earlier.unloaded
