@@ -14,8 +14,8 @@ from weijian.devices.kinds import DeviceKind
 from weijian.simulator.engine import MemorySink
 from weijian.simulator.plan import plan_scenario
 from weijian.simulator.scenario import Scenario
-from weijian.simulator.twins.thermal import Cabinet
 from weijian.simulator.timeutil import local_midnight
+from weijian.simulator.twins.thermal import Cabinet
 
 _CABINETS = [
     {"key": "steam-1", "kind": "steam_cabinet"},
