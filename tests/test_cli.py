@@ -267,3 +267,19 @@ def test_eval_refuses_a_results_folder_it_cannot_write(settings: Settings, tmp_p
     out = weijian(settings, "eval", "scenarios/demo.yaml", "--save", str(blocker / "sub"))
     assert out.returncode != 0
     assert out.stderr.startswith("error: cannot write results to")
+
+
+@pytest.mark.parametrize(
+    ("shard", "message"),
+    [
+        ("2/2", "shard index 2 is outside 0..1"),
+        ("one/2", "expected a shard as I/N (0 <= I < N), got 'one/2'"),
+    ],
+)
+def test_detect_refuses_a_shard_that_is_not_one(
+    settings: Settings, shard: str, message: str
+) -> None:
+    out = weijian(settings, "detect", "--shard", shard)
+    assert out.returncode != 0
+    assert out.stderr.strip() == f"error: --shard: {message}"
+    assert len(out.stderr.strip().splitlines()) == 1

@@ -116,7 +116,7 @@ def up(
 ) -> None:
     """Run everything in one process: migrate, ingest, detectors, alerts, tasks, notify, api."""
     settings = _settings()
-    _prometheus_multiprocess(settings.ingest_workers)
+    _prometheus_multiprocess(max(settings.ingest_workers, settings.detect_workers))
     from weijian.runtime import Stages, run
 
     _logging(settings.log_level)
@@ -136,6 +136,37 @@ def ingest(workers: Annotated[int, typer.Option(min=1, max=64)] = 1) -> None:
 
     _logging(settings.log_level)
     asyncio.run(run(settings, Stages(api=False, detectors=False, notify=False)))
+
+
+@app.command()
+def detect(
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="Judge only shard I of N (I/N, 0-based): run one such process per shard,"
+            " on any machines. Without it: every site, over WEIJIAN_DETECT_WORKERS processes.",
+            metavar="I/N",
+        ),
+    ] = None,
+    scan_interval: Annotated[
+        float, typer.Option(help="Seconds between scheduled detector scans.")
+    ] = 30.0,
+) -> None:
+    """Run only the detectors, alerts, tasks and notifications (scale out by site shard)."""
+    from weijian.alerts.shards import Shard
+
+    try:
+        part = None if shard is None else Shard.parse(shard)
+    except ValueError as exc:
+        raise CliError(f"--shard: {exc}") from exc
+    settings = _settings()
+    if part is None:
+        _prometheus_multiprocess(settings.detect_workers)
+    from weijian.runtime import Stages, run
+
+    _logging(settings.log_level)
+    stages = Stages(api=False, ingest=False, shard=part, scan_interval_s=scan_interval)
+    asyncio.run(run(settings, stages))
 
 
 @app.command()
@@ -701,6 +732,12 @@ def bench_alerts(
     history: Annotated[
         float, typer.Option(min=0, help="Seconds of device history the city sends first.")
     ] = 10800.0,
+    detect_workers: Annotated[
+        int,
+        typer.Option(
+            min=1, max=32, help="Detection processes of the platform (WEIJIAN_DETECT_WORKERS)."
+        ),
+    ] = 1,
     keep: Annotated[bool, typer.Option(help="Keep the benchmark's database.")] = False,
 ) -> None:
     """Live alert latency: violating reading published → alert committed, under a city.
@@ -715,6 +752,7 @@ def bench_alerts(
         probe_interval_s=probe_interval,
         warmup_s=warmup,
         history_s=history,
+        detect_workers=detect_workers,
         keep=keep,
     )
     _run_bench(run_alert_bench, config)

@@ -76,6 +76,8 @@ class Settings(BaseSettings):
 
     # Ingest batching
     ingest_workers: int = Field(default=1, ge=1, le=64)
+    # Detection processes of `weijian up`, each judging the sites whose id hashes to it.
+    detect_workers: int = Field(default=1, ge=1, le=32)
     ingest_batch_max: int = Field(default=5000, ge=1)
     ingest_batch_wait_ms: int = Field(default=50, ge=1)
     # Largest accepted payload; larger ones are dead-lettered (the raw bytes are truncated there).

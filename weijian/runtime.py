@@ -9,12 +9,14 @@ import random
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import Histogram
 from psycopg_pool import AsyncConnectionPool
 
 from weijian.alerts.detectors import catalogue
 from weijian.alerts.jobs import DetectionLoop, ModelTrainer
+from weijian.alerts.shards import Shard
 from weijian.clock import Clock, SystemClock
 from weijian.config import Settings
 from weijian.db import retention
@@ -24,6 +26,7 @@ from weijian.ingest.pool import IngestProcessPool
 from weijian.ingest.worker import TelemetryIngestor
 from weijian.notify.jobs import OutboxDispatcher
 from weijian.notify.providers import provider_from_settings
+from weijian.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,9 @@ class Stages:
     detectors: bool = True
     notify: bool = True
     scan_interval_s: float = 30.0
+    # The sites this process judges; None: all of them, with `settings.detect_workers` − 1
+    # further detection processes started here, each owning its share of the sites.
+    shard: Shard | None = None
     extra: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
@@ -65,6 +71,8 @@ async def run(
     pool = await open_pool(settings.database_url, min_size=2, max_size=10)
     ingestors: list[TelemetryIngestor] = []
     process_pool: IngestProcessPool | None = None
+    detect_pool: WorkerPool | None = None
+    shard = stages.shard or Shard(0, settings.detect_workers)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -73,25 +81,12 @@ async def run(
     try:
         if stages.ingest:
             process_pool = await _start_ingest(settings, clock, ingestors)
+        if stages.detectors and stages.shard is None and shard.count > 1:
+            detect_pool = _start_detect_pool(settings, stages, shard)
         async with asyncio.TaskGroup() as group:
             tasks: list[asyncio.Task[None]] = []
             if stages.detectors:
-                rng = random.Random(settings.inspection_seed)
-                detectors = catalogue()
-                trainer = ModelTrainer(pool=pool, detectors=detectors, clock=clock)
-                tasks.append(group.create_task(trainer.run(), name="behaviour-models"))
-                detection = DetectionLoop(
-                    database_url=settings.database_url,
-                    pool=pool,
-                    detectors=detectors,
-                    clock=clock,
-                    rng=rng,
-                    sign=settings.sms_sign_name,
-                    scan_interval_s=stages.scan_interval_s,
-                )
-                tasks.append(group.create_task(detection.listen(), name="detector-listen"))
-                tasks.append(group.create_task(detection.stream(), name="detector-stream"))
-                tasks.append(group.create_task(detection.scan(), name="detector-scan"))
+                tasks += _detection(group, settings, stages, shard, pool=pool, clock=clock)
             if provider is not None:
                 dispatcher = OutboxDispatcher(
                     pool=pool,
@@ -100,8 +95,6 @@ async def run(
                     rate_per_hour=settings.sms_rate_per_recipient_per_hour,
                 )
                 tasks.append(group.create_task(dispatcher.run(), name="notify-dispatch"))
-            if stages.detectors:
-                tasks.append(group.create_task(_daily_retention(pool), name="retention"))
             tasks.append(group.create_task(_watch_loop_lag(), name="loop-lag"))
             if stages.api:
                 tasks.append(group.create_task(_serve_api(settings, pool), name="api"))
@@ -118,7 +111,75 @@ async def run(
             await asyncio.to_thread(ingestor.stop)
         if process_pool is not None:
             await asyncio.to_thread(process_pool.stop)
+        if detect_pool is not None:
+            await asyncio.to_thread(detect_pool.stop)
         await pool.close()
+
+
+def detection_worker(
+    settings_values: dict[str, Any], index: int, log_level: str, scan_interval_s: float
+) -> None:
+    """A detection process of `weijian up` (`detect_workers` > 1): shard `index` of them."""
+    logging.basicConfig(
+        level=log_level, format=f"%(asctime)s %(levelname)s detect-{index}: %(name)s: %(message)s"
+    )
+    from weijian.config import get_settings
+
+    settings = get_settings(**settings_values)
+    shard = Shard(index, settings.detect_workers)
+    stages = Stages(
+        api=False, ingest=False, notify=False, shard=shard, scan_interval_s=scan_interval_s
+    )
+    asyncio.run(run(settings, stages))
+
+
+def _detection(
+    group: asyncio.TaskGroup,
+    settings: Settings,
+    stages: Stages,
+    shard: Shard,
+    *,
+    pool: AsyncConnectionPool[AsyncConn],
+    clock: Clock,
+) -> list[asyncio.Task[None]]:
+    """The detection stage of this process: its shard's sites, streamed and scanned."""
+    seed = settings.inspection_seed
+    rng = random.Random(None if seed is None else seed + shard.index)
+    detectors = catalogue()
+    trainer = ModelTrainer(pool=pool, detectors=detectors, clock=clock, shard=shard)
+    detection = DetectionLoop(
+        database_url=settings.database_url,
+        pool=pool,
+        detectors=detectors,
+        clock=clock,
+        rng=rng,
+        sign=settings.sms_sign_name,
+        scan_interval_s=stages.scan_interval_s,
+        shard=shard,
+    )
+    tasks = [
+        group.create_task(trainer.run(), name="behaviour-models"),
+        group.create_task(detection.listen(), name="detector-listen"),
+        group.create_task(detection.stream(), name="detector-stream"),
+        group.create_task(detection.scan(), name="detector-scan"),
+    ]
+    if shard.index == 0:  # once, whatever the number of detection processes
+        tasks.append(group.create_task(_daily_retention(pool), name="retention"))
+    return tasks
+
+
+def _start_detect_pool(settings: Settings, stages: Stages, shard: Shard) -> WorkerPool:
+    """The detection processes of shards 1..N−1 (this process judges shard 0)."""
+    detect_pool = WorkerPool(
+        settings,
+        kind="detect",
+        target=detection_worker,
+        indices=range(1, shard.count),
+        args=(stages.scan_interval_s,),
+    )
+    detect_pool.start()
+    log.info("detection: shard 0/%d here, the others in %s", shard.count, detect_pool.pids)
+    return detect_pool
 
 
 async def _start_ingest(

@@ -12,6 +12,7 @@ import pytest
 from tests.factories import make_site
 from weijian.alerts.flows import EvaluationResult
 from weijian.alerts.jobs import DetectionLoop, arrival_order
+from weijian.alerts.shards import Shard
 from weijian.clock import ManualClock
 from weijian.config import Settings
 from weijian.db.connection import connect, open_pool
@@ -188,6 +189,38 @@ async def test_a_stream_round_overlaps_at_most_its_concurrency_of_sites(
     assert [sites for sites, _ in loop.calls] == [[site_ids[i]] for i in arrival]
     assert loop.most == concurrency
     assert loop.running == 0
+
+
+@pytest.mark.anyio
+async def test_a_sharded_loop_streams_and_scans_only_its_own_sites(settings: Settings) -> None:
+    site_ids = await _sites_with_devices(settings, "shard", 6)
+    pool = await open_pool(settings.database_url, min_size=1, max_size=2)
+    judged: dict[int, list[str]] = {}
+    try:
+        for index in range(2):
+            loop = _Recording(
+                database_url=settings.database_url,
+                pool=pool,
+                detectors=[],
+                clock=ManualClock(NOW),
+                rng=random.Random(1),
+                sign="test",
+                concurrency=1,
+                shard=Shard(index, 2),
+            )
+            await loop.stream_round({f"shard-dev-{i}": None for i in range(6)})
+            streamed = [sites[0] for sites, _ in loop.calls]
+            loop.calls.clear()
+            await loop.scan_round(full=True)
+            scanned = [sites[0] for sites, _ in loop.calls if sites[0] in site_ids]
+            assert streamed == scanned == Shard(index, 2).select(site_ids)
+            judged[index] = streamed
+    finally:
+        await pool.close()
+    # The two processes between them judge every site, none twice.
+    assert sorted(judged[0] + judged[1]) == sorted(site_ids)
+    assert judged[0]
+    assert judged[1]
 
 
 def test_a_loop_needs_a_concurrency_of_at_least_one() -> None:

@@ -3,6 +3,8 @@ every field, and the run leaves no database behind (no speed is asserted)."""
 
 from __future__ import annotations
 
+import pytest
+
 from weijian.bench import repository as repo
 from weijian.bench.alerts import AlertBenchConfig, run_alert_bench
 from weijian.bench.context import with_database
@@ -27,10 +29,18 @@ FIELDS = {
 }
 
 
-def test_every_probe_is_alerted_and_the_report_is_complete() -> None:
+@pytest.mark.parametrize("detect_workers", [1, 2])
+def test_every_probe_is_alerted_and_the_report_is_complete(detect_workers: int) -> None:
+    # Two detection processes: the probes' sites are split between them (8 sites: both get
+    # some but once in 128 runs), and /metrics sums both.
     settings = get_settings(_env_file=None)
     config = AlertBenchConfig(
-        sites=2, duration_s=3.0, probe_interval_s=0.5, warmup_s=1.0, history_s=60.0
+        sites=8 if detect_workers > 1 else 2,
+        duration_s=3.0,
+        probe_interval_s=0.5,
+        warmup_s=1.0,
+        history_s=60.0,
+        detect_workers=detect_workers,
     )
     lines: list[str] = []
     report = run_alert_bench(settings, config, lines.append)
@@ -44,7 +54,9 @@ def test_every_probe_is_alerted_and_the_report_is_complete() -> None:
     assert probes["missed"] == 0
     assert report["latency"]["p99_s"] is not None
     assert set(report["latency"]["stages_p50_p99_s"]) == {"ingest", "to_evaluation", "evaluation"}
-    assert report["background"]["devices"] == 10
+    assert report["background"]["devices"] == 5 * config.sites
+    assert report["config"]["detect_workers"] == detect_workers
+    assert sum(report["config"]["sites_per_shard"]) == config.sites
     assert report["detector"]["evaluations"] > 0
     assert set(report["detector"]["by_trigger"]) == {"stream", "scan", "full_scan"}
     assert any("probes alerted" in line for line in lines)

@@ -19,6 +19,7 @@ from weijian.alerts.anomaly import AnomalyDetector, fit_models
 from weijian.alerts.flows import EvaluationResult, evaluate_sites
 from weijian.alerts.freshness import Freshness
 from weijian.alerts.models import Detector
+from weijian.alerts.shards import EVERY_SITE, Shard
 from weijian.alerts.windows import WindowCache
 from weijian.clock import Clock
 from weijian.db.connection import AsyncConn, connect
@@ -46,6 +47,7 @@ ALERT_CHANGES = Counter("weijian_alert_changes_total", "Alert transitions", ["ki
 PENDING = Gauge(
     "weijian_detector_pending_devices",
     "Devices with committed data the stream has not judged yet (the detection backlog)",
+    multiprocess_mode="livesum",
 )
 SCANS = Counter("weijian_detector_scans_total", "Completed scans of every site", ["kind"])
 
@@ -66,10 +68,13 @@ class DetectionLoop:
         debounce_s: float = 0.1,
         full_scan_interval_s: float = FULL_SCAN_INTERVAL_S,
         concurrency: int = STREAM_CONCURRENCY,
+        shard: Shard = EVERY_SITE,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self._concurrency = concurrency
+        # The sites this loop judges (the others belong to other detection processes).
+        self._shard = shard
         self._database_url = database_url
         self._pool = pool
         self._detectors = detectors
@@ -208,6 +213,7 @@ class DetectionLoop:
         out for longer than a scan interval."""
         async with self._pool.connection() as conn:
             sites = await repository.site_of_device(conn=conn, device_ids=list(pending))
+        sites = {device: site for device, site in sites.items() if self._shard.owns(site)}
         since: dict[str, datetime] = {}
         focus: dict[str, set[str]] = defaultdict(set)
         for device_id, earliest in pending.items():
@@ -256,7 +262,7 @@ class DetectionLoop:
         its whole lookback; otherwise what time alone changed since each rule last judged
         each device."""
         async with self._pool.connection() as conn:
-            site_ids = await repository.all_site_ids(conn=conn)
+            site_ids = self._shard.select(await repository.all_site_ids(conn=conn))
         for site_id in site_ids:
             await self._stream_first()
             await self.evaluate(site_id, "full_scan" if full else "scan", narrow=not full)
@@ -286,8 +292,10 @@ class ModelTrainer:
         clock: Clock,
         history: timedelta = timedelta(hours=24),
         interval: timedelta = timedelta(hours=24),
+        shard: Shard = EVERY_SITE,
     ) -> None:
         self._pool = pool
+        self._shard = shard
         self._target = next((d for d in detectors if isinstance(d, AnomalyDetector)), None)
         self._clock = clock
         self._history = history
@@ -299,7 +307,7 @@ class ModelTrainer:
             return 0
         now = self._clock.now()
         async with self._pool.connection() as conn:
-            site_ids = await repository.all_site_ids(conn=conn)
+            site_ids = self._shard.select(await repository.all_site_ids(conn=conn))
             devices = await repository.site_devices(conn=conn, site_ids=site_ids)
             history = {}
             for row in devices:

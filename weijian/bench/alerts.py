@@ -23,6 +23,7 @@ import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from weijian.alerts.flows import ALERTS_CHANNEL
+from weijian.alerts.shards import Shard
 from weijian.bench import cpu
 from weijian.bench import repository as repo
 from weijian.bench.context import BenchConfig, BenchContext, Progress
@@ -71,6 +72,8 @@ class AlertBenchConfig:
     scan_interval_s: float = 30.0
     # A probe whose alert has not been announced this long after publishing counts as missed.
     probe_timeout_s: float = 60.0
+    # Detection processes of the platform, each judging its share of the sites.
+    detect_workers: int = 1
     keep: bool = False
 
     def __post_init__(self) -> None:
@@ -80,6 +83,8 @@ class AlertBenchConfig:
             raise ValueError("durations and intervals must be positive")
         if self.warmup_s < 0 or self.history_s < 0:
             raise ValueError("warm-up and history must not be negative")
+        if self.detect_workers < 1:
+            raise ValueError("detect_workers must be at least 1")
 
     @property
     def probes(self) -> int:
@@ -96,6 +101,7 @@ class AlertBenchConfig:
             "step_s": self.step_s,
             "scan_interval_s": self.scan_interval_s,
             "probe_timeout_s": self.probe_timeout_s,
+            "detect_workers": self.detect_workers,
             "rule": RULE,
             "target_s": TARGET_S,
         }
@@ -249,7 +255,12 @@ class AlertBench:
             "WEIJIAN_HTTP_PORT": str(self.port),
             "WEIJIAN_SMS_PROVIDER": "console",
             "WEIJIAN_INSPECTION_SEED": "1",
+            "WEIJIAN_DETECT_WORKERS": str(self.config.detect_workers),
         }
+        if self.config.detect_workers > 1:  # /metrics sums the detection processes
+            metrics_dir = self.ctx.scratch / f"metrics-{client_id}"
+            metrics_dir.mkdir(exist_ok=True)
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         self.platform = IngestProcess(
             env=env,
             workers=1,
@@ -340,8 +351,12 @@ class AlertBench:
         samples = _scrape(self.port)
         if samples is None:
             return False
+        # Each detection process scans its own sites (the counters are summed over them).
         full = samples.get("weijian_detector_scans_total{kind=full}", 0.0)
-        return full >= 1 and samples.get("weijian_detector_pending_devices{}", 1.0) == 0
+        return (
+            full >= self.config.detect_workers
+            and samples.get("weijian_detector_pending_devices{}", 1.0) == 0
+        )
 
     def _probe(self) -> dict[str, Any]:
         ctx, cfg = self.ctx, self.config
@@ -461,12 +476,16 @@ class AlertBench:
         return report
 
     def _config(self) -> dict[str, Any]:
+        workers = self.config.detect_workers
         return {
             **self.config.as_dict(),
             "probes": len(self.probe_ids),
             "database": self.ctx.database,
             "topic_root": self.ctx.root,
-            "platform": "weijian up (ingest_workers 1)",
+            "platform": f"weijian up (ingest_workers 1, detect_workers {workers})",
+            "sites_per_shard": [
+                len(Shard(i, workers).select(self.site_ids)) for i in range(workers)
+            ],
             "debounce_s": 0.1,
         }
 

@@ -7,17 +7,12 @@ One Python process drains about one core's worth of MQTT; a shared subscription
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
 import signal
 import threading
-import time
-from multiprocessing.process import BaseProcess
 from typing import Any
 
 from weijian.config import Settings
-
-log = logging.getLogger(__name__)
+from weijian.workers import WorkerPool
 
 
 def _child(settings_values: dict[str, Any], index: int, log_level: str) -> None:
@@ -37,50 +32,10 @@ def _child(settings_values: dict[str, Any], index: int, log_level: str) -> None:
     worker.stop()
 
 
-class IngestProcessPool:
+class IngestProcessPool(WorkerPool):
     """Starts `settings.ingest_workers` processes and keeps them running until `stop()`."""
 
     def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._ctx = multiprocessing.get_context("spawn")
-        self._procs: dict[int, BaseProcess] = {}
-        self._stopping = threading.Event()
-        self._watcher = threading.Thread(target=self._watch, name="ingest-pool-watch", daemon=True)
-
-    def _spawn(self, index: int) -> None:
-        values = self._settings.model_dump(exclude={"mqtt"})
-        proc = self._ctx.Process(
-            target=_child,
-            args=(values, index, self._settings.log_level.upper()),
-            name=f"weijian-ingest-{index}",
-            daemon=False,
+        super().__init__(
+            settings, kind="ingest", target=_child, indices=range(settings.ingest_workers)
         )
-        proc.start()
-        self._procs[index] = proc
-
-    def start(self) -> None:
-        for index in range(self._settings.ingest_workers):
-            self._spawn(index)
-        self._watcher.start()
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._procs.values() if p.pid is not None]
-
-    def _watch(self) -> None:
-        while not self._stopping.wait(1.0):
-            for index, proc in list(self._procs.items()):
-                if not proc.is_alive() and not self._stopping.is_set():
-                    log.error("ingest worker %d exited with %s; restarting", index, proc.exitcode)
-                    time.sleep(1.0)
-                    self._spawn(index)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        self._stopping.set()
-        for proc in self._procs.values():
-            if proc.pid is not None and proc.is_alive():
-                os.kill(proc.pid, signal.SIGTERM)
-        for proc in self._procs.values():
-            proc.join(timeout)
-            if proc.is_alive():
-                proc.kill()
