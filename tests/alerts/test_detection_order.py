@@ -210,11 +210,18 @@ async def test_a_sharded_loop_streams_and_scans_only_its_own_sites(settings: Set
             )
             await loop.stream_round({f"shard-dev-{i}": None for i in range(6)})
             streamed = [sites[0] for sites, _ in loop.calls]
+            # Other shards' devices are no longer pending here once their sites are known.
+            for i in range(6):
+                loop._note(f"shard-dev-{i}", None)
+            assert len(loop.take_pending()) == len(streamed)
             loop.calls.clear()
             await loop.scan_round(full=True)
             scanned = [sites[0] for sites, _ in loop.calls if sites[0] in site_ids]
             assert streamed == scanned == Shard(index, 2).select(site_ids)
             judged[index] = streamed
+            # A full scan forgets which devices were foreign (a device may move site).
+            loop._note("shard-dev-0", None)
+            assert loop.take_pending() == {"shard-dev-0": None}
     finally:
         await pool.close()
     # The two processes between them judge every site, none twice.

@@ -73,8 +73,11 @@ class DetectionLoop:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self._concurrency = concurrency
-        # The sites this loop judges (the others belong to other detection processes).
+        # The sites this loop judges (the others belong to other detection processes), and
+        # the devices announced that turned out to be of other shards' sites: not pending
+        # here. Forgotten at each full scan, so a device moved to another site is followed.
         self._shard = shard
+        self._foreign: set[str] = set()
         self._database_url = database_url
         self._pool = pool
         self._detectors = detectors
@@ -177,6 +180,8 @@ class DetectionLoop:
 
     def _note(self, device_id: str, earliest_ms: int | None) -> None:
         """Remember a device with new data, keeping the earliest device time announced."""
+        if device_id in self._foreign:
+            return
         earliest = None if earliest_ms is None else datetime.fromtimestamp(earliest_ms / 1000, UTC)
         known = self._pending.get(device_id)
         if known is None or (earliest is not None and earliest < known):
@@ -213,7 +218,9 @@ class DetectionLoop:
         out for longer than a scan interval."""
         async with self._pool.connection() as conn:
             sites = await repository.site_of_device(conn=conn, device_ids=list(pending))
-        sites = {device: site for device, site in sites.items() if self._shard.owns(site)}
+        if self._shard.count > 1:
+            self._foreign.update(d for d, site in sites.items() if not self._shard.owns(site))
+            sites = {d: site for d, site in sites.items() if self._shard.owns(site)}
         since: dict[str, datetime] = {}
         focus: dict[str, set[str]] = defaultdict(set)
         for device_id, earliest in pending.items():
@@ -261,6 +268,8 @@ class DetectionLoop:
         `SCAN_YIELD_S`, so a busy stream cannot starve the scan). `full`: every device over
         its whole lookback; otherwise what time alone changed since each rule last judged
         each device."""
+        if full:
+            self._foreign.clear()
         async with self._pool.connection() as conn:
             site_ids = self._shard.select(await repository.all_site_ids(conn=conn))
         for site_id in site_ids:
