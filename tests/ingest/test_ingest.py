@@ -74,6 +74,8 @@ def test_resend_is_not_double_counted(
     wait_for(lambda: ingestor.stats.messages >= 3)
     assert scalar(settings, "SELECT count(*) FROM readings") == 2
     assert scalar(settings, "SELECT value FROM readings WHERE metric = 'temp_c'") == 101.4
+    # Each committed batch announced its device to the detectors (one NOTIFY per batch here).
+    assert 1 <= ingestor.stats.notifications <= ingestor.stats.batches
 
 
 def test_malformed_payload_goes_to_dead_letters_and_the_next_good_one_is_stored(

@@ -55,6 +55,8 @@ class BatchCounts:
     conflicts: int = 0
     # The batch's readings held a stored (device, metric, ts): written the idempotent way.
     fell_back: bool = False
+    # NOTIFY payloads the commit sent to the detectors.
+    notifications: int = 0
 
 
 # Dead-letter reason of a reading that came again with another value: a device replaying old
@@ -162,9 +164,16 @@ def _write(
             )
         if presence:
             _update_presence(cur, presence)
-        for payload in _notify_payloads(announce):
+        payloads = _notify_payloads(announce)
+        for payload in payloads:
             cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
-    return BatchCounts(readings_new, events_new, len(conflicts), fell_back=not direct)
+    return BatchCounts(
+        readings_new,
+        events_new,
+        len(conflicts),
+        fell_back=not direct,
+        notifications=len(payloads),
+    )
 
 
 def _insert_idempotent(

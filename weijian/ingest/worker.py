@@ -54,6 +54,9 @@ class IngestStats:
     events_new: int = 0
     dead_letters: int = 0
     batches: int = 0
+    # NOTIFY payloads sent on commit (counted before `messages`: a reader that sees the
+    # messages committed also sees every announcement of them).
+    notifications: int = 0
 
 
 class TelemetryIngestor:
@@ -334,6 +337,7 @@ class TelemetryIngestor:
         elapsed = time.monotonic() - started
         messages = sum(len(d.ids) for d in batch)
         dead = len(rows.dead) + counts.conflicts
+        self.stats.notifications += counts.notifications
         self.stats.messages += messages
         self.stats.readings_new += counts.readings_new
         self.stats.events_new += counts.events_new
