@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from weijian.config import Settings
 from weijian.simulator import match
@@ -65,6 +66,28 @@ def test_a_step_waits_for_every_announcement_of_what_is_committed(settings: Sett
         listener.close()
     assert heard == 3
     assert ears.payloads == ['{"d0": null}', '{"d1": null}', '{"d2": null}']
+
+
+def test_announcements_beyond_those_asked_for_are_counted(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Four commits' announcements already waiting in one packet while a step asks for two
+    # (the other two belong to commits its count did not include yet): all four are taken,
+    # and the next step does not wait for announcements it already took.
+    listener = psycopg.connect(settings.database_url, autocommit=True)
+    listener.execute("LISTEN weijian_ingest")
+    with psycopg.connect(settings.database_url) as conn:
+        for i in range(4):
+            conn.execute("SELECT pg_notify('weijian_ingest', %s)", (f'{{"d{i}": null}}',))
+    ears = _Ears()
+    try:
+        first = _hear_all(listener, ears, 0, 2)  # type: ignore[arg-type]
+        second = _hear_all(listener, ears, first, 4)  # type: ignore[arg-type]
+    finally:
+        listener.close()
+    assert second == 4
+    assert len(ears.payloads) == 4
+    assert "not delivered" not in caplog.text
 
 
 def test_scenarios_sharing_devices_never_run_at_once() -> None:
