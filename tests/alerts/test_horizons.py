@@ -76,6 +76,14 @@ def fault_day() -> Scenario:
             {"type": "offline", "at": "9h", "site": "p1", "device": "steam-1"},
             {"type": "offline", "at": "9h30m", "site": "p2", "device": "dish-1"},
             {"type": "clock_skew", "at": "8h", "site": "p2", "device": "steam-2"},
+            # A clock set back: later messages stamped before earlier ones.
+            {
+                "type": "clock_skew",
+                "at": "6h",
+                "site": "p1",
+                "device": "line-1",
+                "params": {"offset": "-30m"},
+            },
             {"type": "reboot", "at": "5h", "site": "p2", "device": "dish-1"},
             {"type": "chlorine_low", "at": "3h", "site": "p2", "device": "chlorine-1"},
             {"type": "packing_without_disinfection", "at": "7h", "site": "p2", "device": "line-1"},

@@ -206,3 +206,26 @@ def test_stored_data_gives_the_same_messages_as_the_general_path() -> None:
         5,
         base + timedelta(minutes=5),
     )
+
+
+def test_a_clock_set_back_leaves_no_false_gap_when_judged_from_the_horizon() -> None:
+    # Seqs 0–59 a minute apart (at :30) until 1:00, then the clock is set back 30 min (and
+    # 10 ms): seqs 60–99 are stamped from 0:30:29.99 on, each just before an earlier seq of
+    # the same minute. The part from the last message before 1:00 (seq 59 at 0:59:30) holds
+    # seq 90 next, as if 60–89 were missing — they are stamped earlier. The stream, judging
+    # from its horizon, must see what the whole lookback sees: no gap.
+    before = steady(range(0, 60), at(seconds=30))
+    back = timedelta(minutes=30, milliseconds=10)
+    after = [
+        msg(seq, at(hours=1, minutes=i, seconds=30) - back, at(hours=1, minutes=i, seconds=30))
+        for i, seq in enumerate(range(60, 100))
+    ]
+    now = at(hours=1, minutes=40)
+    data = replace(
+        device(DeviceKind.WASTE_STORE_ENV, readings=sorted(before + after, key=lambda r: r.ts)),
+        ordered=True,
+    )
+    whole = replace(env([]), devices={"d1": data})
+    assert firing(GAP(whole, now)) == []
+    narrowed = replace(whole, fresh={("data.sequence_gap", "d1"): now - timedelta(minutes=1)})
+    assert firing(GAP(narrowed, now)) == []

@@ -313,6 +313,17 @@ def _last_message_before(device: DeviceData, when: datetime) -> datetime | None:
     return latest
 
 
+def _max_seq_before(device: DeviceData, when: datetime) -> int:
+    """The highest seq of the device's messages stamped before `when` (data in device-time
+    order; −1 when there is none)."""
+    top = -1
+    for items in (device.readings, device.events):
+        for row in items[: bisect_left(items, when, key=_TS)]:
+            if row.seq is not None and row.seq > top:
+                top = row.seq
+    return top
+
+
 def _hourly(found: list[tuple[datetime, Message]]) -> dict[datetime, list[Message]]:
     buckets: dict[datetime, list[Message]] = defaultdict(list)
     for when, msg in found:
@@ -346,6 +357,11 @@ class _SeqDetector(DeviceDetector):
             return None
         found = messages(within(device, start, now), now)
         if any(b.seq <= a.seq for a, b in pairwise(found)):
+            return None
+        # And every message stamped before it must come before it in the counter too: a
+        # clock set back stamps later messages earlier, and those would look missing from
+        # the part judged (a gap the whole lookback does not have).
+        if found and _max_seq_before(device, start) >= found[0].seq:
             return None
         return Horizon(start)
 
