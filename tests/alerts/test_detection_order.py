@@ -8,6 +8,7 @@ from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 
 import pytest
+from psycopg_pool import AsyncConnectionPool
 
 from tests.factories import make_site
 from weijian.alerts.flows import EvaluationResult
@@ -15,7 +16,7 @@ from weijian.alerts.jobs import DetectionLoop, arrival_order
 from weijian.alerts.shards import Shard
 from weijian.clock import ManualClock
 from weijian.config import Settings
-from weijian.db.connection import connect, open_pool
+from weijian.db.connection import AsyncConn, connect, open_pool
 from weijian.devices import repository as devices_repo
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
@@ -28,8 +29,20 @@ def test_arrival_order_keeps_first_announcement_and_drops_unknown_devices() -> N
 
 
 class _Recording(DetectionLoop):
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    """A loop on the test's database and a fixed clock that records its evaluations."""
+
+    def __init__(
+        self, settings: Settings, pool: AsyncConnectionPool[AsyncConn], **options: object
+    ) -> None:
+        super().__init__(
+            database_url=settings.database_url,
+            pool=pool,
+            detectors=[],
+            clock=ManualClock(NOW),
+            rng=random.Random(1),
+            sign="test",
+            **options,  # type: ignore[arg-type]
+        )
         self.calls: list[tuple[list[str], dict[str, datetime]]] = []
         self.focus: list[dict[str, set[str]]] = []
         self.triggers: list[tuple[str, bool]] = []
@@ -94,12 +107,8 @@ async def test_stream_evaluates_sites_in_arrival_order(settings: Settings) -> No
     pool = await open_pool(settings.database_url, min_size=1, max_size=2)
     try:
         loop = _Recording(
-            database_url=settings.database_url,
-            pool=pool,
-            detectors=[],
-            clock=ManualClock(NOW),
-            rng=random.Random(1),
-            sign="test",
+            settings,
+            pool,
             debounce_s=0.01,
         )
         earliest_ms = int(NOW.timestamp() * 1000)
@@ -135,12 +144,8 @@ async def test_the_scan_lets_the_stream_judge_new_data_first(settings: Settings)
     pool = await open_pool(settings.database_url, min_size=1, max_size=3)
     try:
         loop = _Recording(
-            database_url=settings.database_url,
-            pool=pool,
-            detectors=[],
-            clock=ManualClock(NOW),
-            rng=random.Random(1),
-            sign="test",
+            settings,
+            pool,
             debounce_s=0.05,
             scan_interval_s=3600,
         )
@@ -172,12 +177,8 @@ async def test_a_stream_round_overlaps_at_most_its_concurrency_of_sites(
     pool = await open_pool(settings.database_url, min_size=1, max_size=2)
     try:
         loop = _Recording(
-            database_url=settings.database_url,
-            pool=pool,
-            detectors=[],
-            clock=ManualClock(NOW),
-            rng=random.Random(1),
-            sign="test",
+            settings,
+            pool,
             concurrency=concurrency,
         )
         loop.delay = 0.02
@@ -199,12 +200,8 @@ async def test_a_sharded_loop_streams_and_scans_only_its_own_sites(settings: Set
     try:
         for index in range(2):
             loop = _Recording(
-                database_url=settings.database_url,
-                pool=pool,
-                detectors=[],
-                clock=ManualClock(NOW),
-                rng=random.Random(1),
-                sign="test",
+                settings,
+                pool,
                 concurrency=1,
                 shard=Shard(index, 2),
             )

@@ -270,8 +270,8 @@ class ScenarioEvaluation:
 def _hear_all(listener: psycopg.Connection[Any], loop: DetectionLoop, heard: int, sent: int) -> int:
     """Hand the loop every announcement of what is committed (`sent` so far, `heard` of them
     taken in before), not only those already delivered: the listener's backend may send them
-    a moment after the commit — on a busy machine, long enough to leave a device's data to
-    the next step. Returns the new count heard."""
+    a moment after the commit, and what a step judges must not depend on when they arrive.
+    Returns the new count heard."""
     deadline = time.monotonic() + ANNOUNCE_TIMEOUT_S
     while heard < sent and time.monotonic() < deadline:
         # (a packet may carry more than asked for: announcements of later commits, counted)
