@@ -5,19 +5,22 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
-from tests.alerts.detectors.factories import at
+from tests.alerts.detectors.factories import at, device, site
 from weijian.alerts.detectors.common import (
     Point,
     bad_spells,
     current_state,
     day_bounds,
+    device_now,
     floor_to,
     good_stretch,
     local_day,
     mmss,
     settle,
 )
-from weijian.alerts.models import Finding
+from weijian.alerts.models import Finding, SiteData
+from weijian.devices.kinds import DeviceKind
+from weijian.telemetry import Reading
 
 GAP = timedelta(seconds=60)
 
@@ -98,3 +101,39 @@ def test_local_days_and_buckets() -> None:
     assert start == datetime(2026, 11, 23, 16, 0, tzinfo=UTC)
     assert end - start == timedelta(days=1)
     assert floor_to(at(minutes=59, seconds=59), timedelta(hours=1)) == at()
+
+
+def _lead_site(leads_s: list[float]) -> SiteData:
+    """A cabinet whose readings (10 s apart) were received `lead` seconds before their stamp."""
+    readings = [
+        Reading(at(seconds=10 * i), "d1", "temp_c", 20.0, i, at(seconds=10 * i - lead))
+        for i, lead in enumerate(leads_s)
+    ]
+    return site(device(DeviceKind.STEAM_CABINET, readings=readings))
+
+
+def test_device_now_adds_the_lead_of_a_clock_running_ahead() -> None:
+    s = _lead_site([20.0] * 10 + [25.0, 24.0])
+    now = at(seconds=100)
+    assert device_now(s, s.devices["d1"], now) == now + timedelta(seconds=25)
+
+
+def test_device_now_never_goes_back_nor_further_than_the_allowed_skew() -> None:
+    behind = _lead_site([-30.0] * 12)
+    now = at(seconds=200)
+    assert device_now(behind, behind.devices["d1"], now) == now
+    # One wild stamp moves the cut by its lead, and by no more than clock_skew.max_s.
+    wild = _lead_site([0.0] * 11 + [200.0])
+    skew = wild.profile.number("clock_skew.max_s")
+    assert skew < 3600
+    assert device_now(wild, wild.devices["d1"], now) == now + timedelta(seconds=200)
+    far = _lead_site([0.0] * 11 + [3600.0])
+    assert device_now(far, far.devices["d1"], now) == now + timedelta(seconds=skew)
+
+
+def test_device_now_ignores_what_had_not_arrived_by_now() -> None:
+    # A backtest loads rows received after its `now`: they do not count towards the lead.
+    s = _lead_site([0.0] * 10 + [25.0])
+    early = at(seconds=90)  # the last reading (stamped 100 s) was received at 75 s
+    assert device_now(s, s.devices["d1"], at(seconds=70)) == at(seconds=70)
+    assert device_now(s, s.devices["d1"], early) == early + timedelta(seconds=25)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from tests.alerts.detectors.factories import at, device, event, firing, site, state, stream
 from weijian.alerts.detectors.thermal import ThermalBatchDetector, compliant_times
@@ -110,3 +110,49 @@ def test_infrared_cabinet_uses_its_own_limit() -> None:
     s = site(device(DeviceKind.INFRARED_CABINET, readings=readings, events=events))
     (finding,) = firing(LOW(s, at(hours=1)))
     assert finding.limit == 120.0
+
+
+def _cabinet_with_end_after_last_reading(
+    *, lag_s: float = 1.0, drop_seq: int | None = None
+) -> SiteData:
+    """A 12-min batch too cold to pass: readings every 10 s (seqs 1…), its batch_end 5 s after
+    the last of them with the next seq. `lag_s`: receive time − device time (negative: a
+    clock running ahead); `drop_seq`: a message that has not arrived."""
+    start = at()
+    readings = stream("d1", start, {"temp_c": [90.0] * 73}, seq0=1, lag_s=lag_s)
+    readings = [r for r in readings if r.seq != drop_seq]
+    end = start + timedelta(seconds=72 * 10 + 5)
+    events = [
+        event("d1", start, "batch_start", seq=0, batch_id="B1"),
+        event("d1", end, "batch_end", seq=74, batch_id="B1"),
+    ]
+    return site(device(DeviceKind.STEAM_CABINET, readings=readings, events=events))
+
+
+def test_a_batch_whose_counter_shows_every_message_is_judged_at_once() -> None:
+    s = _cabinet_with_end_after_last_reading()
+    now = end_of(s) + timedelta(seconds=1)
+    # No reading from the batch end on yet and `hold.settle_s` not over, but seqs 1–73 all
+    # arrived between the start (0) and end (74) events: nothing more of the batch can come.
+    assert len(firing(LOW(s, now))) == 1
+
+
+def test_a_batch_with_a_message_still_missing_waits_for_it_or_for_the_settle_time() -> None:
+    s = _cabinet_with_end_after_last_reading(drop_seq=40)
+    end = end_of(s)
+    assert LOW(s, end + timedelta(seconds=1)) == []
+    settle = s.profile.number("hold.settle_s")
+    assert len(firing(LOW(s, end + timedelta(seconds=settle)))) == 1
+
+
+def test_a_cabinet_clock_running_ahead_is_judged_on_its_own_clock() -> None:
+    # The clock runs 25 s ahead: the batch end is stamped 25 s after the platform received
+    # it. Judged at the platform's time of receipt (+1 s), the batch is already over there.
+    s = _cabinet_with_end_after_last_reading(lag_s=-25)
+    received = end_of(s) - timedelta(seconds=25)
+    assert len(firing(LOW(s, received + timedelta(seconds=1)))) == 1
+
+
+def test_a_clock_behind_or_no_receive_times_keep_the_platform_time() -> None:
+    s = _cabinet_with_end_after_last_reading(lag_s=30)  # 30 s behind: stamped before receipt
+    assert LOW(s, end_of(s) - timedelta(seconds=1)) == []

@@ -68,6 +68,8 @@ class DeviceDetector:
         return findings
 
     def _device_findings(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
+        if self.by_device_time:
+            now = device_now(site, device, now)
         start = site.window_start(now, self.lookback)
         since = site.since(self.rule.id, device.device_id)
         if since is not None and self.by_device_time and device.ordered:
@@ -92,6 +94,50 @@ class DeviceDetector:
 
     def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
         raise NotImplementedError
+
+
+# How many of a device's latest readings (in device time) its clock's lead is read from.
+_LEAD_SAMPLES = 8
+
+
+def device_now(site: SiteData, device: DeviceData, now: datetime) -> datetime:
+    """`now` on the device's own clock: `now` plus how far its clock is seen to run ahead.
+
+    Rules on device time judge each device up to its own present. Cut at the platform's `now`,
+    a cabinet whose clock runs 25 s ahead would have a batch that ended (and was received) a
+    moment ago stamped "in the future", judged only 25 s later. The lead is the largest
+    `ts − received_at` among the device's last few readings and events received by `now`:
+    what its clock said when the platform heard it (transport delay makes it a slight
+    underestimate). It is never negative (a clock behind needs no cut later than `now`: its
+    data are all stamped before it) and at most `clock_skew.max_s`, so one wild timestamp
+    moves the cut by no more than the skew the platform tolerates; beyond it `data.clock_skew`
+    speaks. Backtests replay stored `received_at` with the data, so they see the same lead.
+    """
+    limit = seconds(site.profile.number("clock_skew.max_s", device.device_id))
+    return now + device.memo(("lead", now, limit), lambda: _clock_lead(device, now, limit))
+
+
+def _clock_lead(device: DeviceData, now: datetime, limit: timedelta) -> timedelta:
+    return max(
+        _lead_of(device.readings, device.ordered, now, limit),
+        _lead_of(device.events, device.ordered, now, limit),  # event-only devices (scales)
+    )
+
+
+def _lead_of(items: Sequence[_Timed], ordered: bool, now: datetime, limit: timedelta) -> timedelta:
+    if not ordered:
+        items = sorted(items, key=lambda x: x.ts)
+    # Items stamped further ahead than `limit` say nothing the limit would not cut, and items
+    # received after `now` (a backtest loads them) had not arrived yet.
+    i = bisect_right(items, now + limit, key=lambda x: x.ts)
+    lead, seen = timedelta(0), 0
+    for item in reversed(items[max(0, i - 4 * _LEAD_SAMPLES) : i]):
+        if item.received_at is not None and item.received_at <= now:
+            lead = max(lead, item.ts - item.received_at)
+            seen += 1
+            if seen == _LEAD_SAMPLES:
+                break
+    return min(lead, limit)
 
 
 def within(device: DeviceData, start: datetime, end: datetime) -> DeviceData:

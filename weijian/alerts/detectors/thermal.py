@@ -17,7 +17,7 @@ from weijian.alerts.detectors.common import (
 from weijian.alerts.models import DeviceData, Finding, Profile, RuleSpec, Severity, SiteData
 from weijian.alerts.rules import rule
 from weijian.devices.kinds import DeviceKind
-from weijian.telemetry import Reading
+from weijian.telemetry import Event, Reading
 
 _PREFIX = {DeviceKind.STEAM_CABINET: "steam", DeviceKind.INFRARED_CABINET: "infrared"}
 CABINETS = frozenset(_PREFIX)
@@ -30,6 +30,9 @@ class Batch:
     batch_id: str
     start: datetime
     end: datetime
+    # The counter (`seq`) of the batch_start and batch_end events, when they carry one.
+    start_seq: int | None = None
+    end_seq: int | None = None
 
 
 def batches(device: DeviceData) -> list[Batch]:
@@ -40,16 +43,34 @@ def batches(device: DeviceData) -> list[Batch]:
 
 def _batches(device: DeviceData) -> list[Batch]:
     found: list[Batch] = []
-    open_start: datetime | None = None
-    open_id: str | None = None
+    opened: Event | None = None
     for event in sorted(device.events, key=lambda e: e.ts):
         if event.type == "batch_start":
-            open_start, open_id = event.ts, _batch_id(event.data)
-        elif event.type == "batch_end" and open_start is not None:
-            batch_id = _batch_id(event.data) or open_id or open_start.isoformat()
-            found.append(Batch(batch_id, open_start, event.ts))
-            open_start, open_id = None, None
+            opened = event
+        elif event.type == "batch_end" and opened is not None:
+            batch_id = _batch_id(event.data) or _batch_id(opened.data) or opened.ts.isoformat()
+            found.append(Batch(batch_id, opened.ts, event.ts, opened.seq, event.seq))
+            opened = None
     return found
+
+
+def complete(device: DeviceData, batch: Batch) -> bool:
+    """Whether every message the cabinet sent between the batch's start and end events is
+    stored: the counter is shared by readings and events and rises by one per item, so the
+    batch's data are whole when each seq between the two events' is present. False when
+    that cannot be shown (no seqs, a reboot restarting the counter, a message still on its
+    way or lost)."""
+    if batch.start_seq is None or batch.end_seq is None or batch.end_seq <= batch.start_seq:
+        return False
+    wanted = batch.end_seq - batch.start_seq - 1
+    lo, hi = batch.start_seq, batch.end_seq
+    seen = {
+        r.seq
+        for r in between(device.readings, batch.start, batch.end)
+        if r.seq is not None and lo < r.seq < hi
+    }
+    seen.update(e.seq for e in device.events if e.seq is not None and lo < e.seq < hi)
+    return len(seen) == wanted
 
 
 def _batch_id(data: object) -> str | None:
@@ -131,8 +152,13 @@ def _judge_batch(
     if batch.end > now:
         return None
     # Events and readings travel separately (and backlogs arrive in pieces): judge a batch
-    # once a reading from its end on is stored, or once `hold.settle_s` has passed.
-    if (latest is None or latest < batch.end) and now - batch.end < settle:
+    # once all it sent is stored (its counter has no hole), a reading from its end on is,
+    # or `hold.settle_s` has passed.
+    if (
+        (latest is None or latest < batch.end)
+        and now - batch.end < settle
+        and not complete(device, batch)
+    ):
         return None
     inside = between(temps, batch.start, batch.end)
     if not inside:
