@@ -199,9 +199,20 @@ def test_events_backlog_and_presence(
         ),
         timeout=5.0,
     )
+    seen = scalar(settings, "SELECT last_seen_at FROM devices WHERE id = %s", device.device_id)
     publisher.publish("status", {"online": False})
     wait_for(lambda: ingestor.stats.messages >= 3)
-    assert scalar(settings, "SELECT online FROM devices WHERE id = %s", device.device_id) is False
+    wait_for(
+        lambda: (
+            scalar(settings, "SELECT online FROM devices WHERE id = %s", device.device_id) is False
+        ),
+        timeout=5.0,
+    )
+    # `online=false` (a Last Will, sent by the broker) is not the device being heard from:
+    # the offline wait runs from its last data.
+    assert (
+        scalar(settings, "SELECT last_seen_at FROM devices WHERE id = %s", device.device_id) == seen
+    )
 
 
 def test_a_resend_with_another_value_is_kept_out_and_dead_lettered_as_a_conflict(

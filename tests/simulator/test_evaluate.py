@@ -12,7 +12,15 @@ import pytest
 
 from weijian.config import Settings
 from weijian.simulator import match
-from weijian.simulator.evaluate import ScenarioEvaluation, _hear_all, _Job, next_disjoint
+from weijian.simulator.device import Outgoing, connect_message
+from weijian.simulator.engine import MemorySink
+from weijian.simulator.evaluate import (
+    CountingSink,
+    ScenarioEvaluation,
+    _hear_all,
+    _Job,
+    next_disjoint,
+)
 from weijian.simulator.live import plants_scenario
 from weijian.simulator.scenario import load_scenario
 
@@ -122,3 +130,20 @@ def test_library_scenarios_that_share_devices_are_told_apart() -> None:
         )
         == 1
     )
+
+
+def test_the_counting_sink_counts_every_message_ingest_will_receive() -> None:
+    # The connect's online status and the Last Will the broker publishes on a will-disconnect
+    # reach ingest like any message; a plain disconnect sends nothing.
+    broker = MemorySink()
+    sink = CountingSink(broker)
+    sink.send(
+        [
+            connect_message(0.0, "s/d"),
+            Outgoing(1.0, "s/d", "telemetry", b"{}"),
+            Outgoing(2.0, "s/d", "status", b"", "disconnect_will"),
+            Outgoing(3.0, "s/d", "status", b"", "disconnect"),
+        ]
+    )
+    assert sink.published == 3
+    assert sink.published == len(broker.messages)  # what the broker passes on: three

@@ -426,7 +426,10 @@ class _BatchRows:
         seen = self._device(device_id)
         times = [r.ts for r in decoded.readings] + [e.ts for e in decoded.events]
         seen.data(decoded.max_seq, min(times) if times else None)
-        if decoded.readings or decoded.events or decoded.online is not None:
+        # Presence is what the device itself sends: data, or `online=true`. An `online=false`
+        # is usually the broker's Last Will, published when it notices the device gone; taking
+        # it as presence would start the offline wait late.
+        if decoded.readings or decoded.events or decoded.online is True:
             seen.heard = True
         if decoded.online is not None:
             seen.online = decoded.online
