@@ -53,6 +53,12 @@ COMMIT_TIMEOUT_S = 60.0
 # How long a step waits for the announcements of what ingest committed (they follow the
 # commit within milliseconds; the simulated devices' connections are not serviced meanwhile).
 ANNOUNCE_TIMEOUT_S = 5.0
+# Keepalive of the simulated devices' connections. They are served between steps only, and a
+# round of detection (a full scan on a busy machine) can outlast 1.5 × the usual 60 s, after
+# which the broker drops the connection (the likely cause of a run on a loaded machine failing
+# "connection lost"). Presence in an evaluation comes from the simulated traffic and Last
+# Wills, never from keepalive timeouts.
+DEVICE_KEEPALIVE_S = 1800
 # Without a terminal, a progress line per this share of the scenario.
 PROGRESS_LINES = 10
 
@@ -175,7 +181,7 @@ class ScenarioEvaluation:
         if not ingestor.wait_connected(15):
             raise RuntimeError(f"ingest could not connect to {self.settings.mqtt.public_url}")
         time.sleep(0.3)  # the subscriptions are in place before anything is published
-        sink = CountingSink(MqttPublisher(credentials))
+        sink = CountingSink(MqttPublisher(credentials, keepalive=DEVICE_KEEPALIVE_S))
         runner = asyncio.Runner()
         conn = runner.run(connect(self.settings.database_url))
         pool = runner.run(open_pool(self.settings.database_url, min_size=1, max_size=2))
