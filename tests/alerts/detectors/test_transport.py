@@ -229,3 +229,26 @@ def test_a_clock_set_back_leaves_no_false_gap_when_judged_from_the_horizon() -> 
     assert firing(GAP(whole, now)) == []
     narrowed = replace(whole, fresh={("data.sequence_gap", "d1"): now - timedelta(minutes=1)})
     assert firing(GAP(narrowed, now)) == []
+
+
+def test_a_clock_set_back_leaves_no_false_gap_where_the_window_cuts_its_messages() -> None:
+    # Seqs 0–59 a minute apart until 1:00, then the clock is set back 30 min: seqs 60… are
+    # stamped from 0:30:30 on. Judged at 2:31 (device time), the 2 h window starts at 0:31,
+    # so seq 60 (stamped 0:30:30) lies before it while seq 59 (0:59:30) and 61 are inside:
+    # seq 60 is not missing, only out of the window.
+    before = steady(range(0, 60), at(seconds=30))
+    back = timedelta(minutes=30)
+    after = [
+        msg(seq, at(hours=1, minutes=i, seconds=30) - back, at(hours=1, minutes=i, seconds=30))
+        for i, seq in enumerate(range(60, 150))
+    ]
+    data = replace(
+        device(DeviceKind.WASTE_STORE_ENV, readings=sorted(before + after, key=lambda r: r.ts)),
+        ordered=True,
+    )
+    s = replace(env([]), devices={"d1": data})
+    assert firing(GAP(s, at(hours=2, minutes=31))) == []
+    # A message really lost after the jump is still a gap.
+    lost = replace(data, readings=[r for r in data.readings if r.seq != 120])
+    (gap,) = firing(GAP(replace(s, devices={"d1": lost}), at(hours=2, minutes=31)))
+    assert gap.value == 1.0

@@ -13,15 +13,20 @@ from weijian.alerts.rules import rule
 from weijian.devices.kinds import DeviceKind, kind_spec
 
 
+def reporting_interval(site: SiteData, device: DeviceData) -> float:
+    """The device's reporting interval in seconds: the kind's unless the profile sets
+    `offline.interval_s` (site-wide or for the device; the platform sets each device's
+    registered interval there)."""
+    interval = site.profile.get("offline.interval_s", device.device_id)
+    return float(kind_spec(device.kind).interval_s if interval is None else interval)
+
+
 def offline_after(site: SiteData, device: DeviceData) -> timedelta:
-    """max(factor × reporting interval, floor); the interval is the kind's unless the profile
-    sets `offline.interval_s` (site-wide or for the device)."""
+    """max(factor × reporting interval, floor)."""
     profile, dev = site.profile, device.device_id
-    interval = profile.get("offline.interval_s", dev)
-    if interval is None:
-        interval = kind_spec(device.kind).interval_s
     factor = profile.number("offline.interval_factor", dev)
-    return timedelta(seconds=max(factor * float(interval), profile.number("offline.min_s", dev)))
+    floor = profile.number("offline.min_s", dev)
+    return timedelta(seconds=max(factor * reporting_interval(site, device), floor))
 
 
 def receive_times(device: DeviceData) -> list[datetime]:

@@ -25,6 +25,7 @@ from weijian.alerts.detectors.common import (
     since_label,
     within,
 )
+from weijian.alerts.detectors.presence import reporting_interval
 from weijian.alerts.models import DeviceData, Finding, SiteData
 from weijian.alerts.models import Severity as Sev
 from weijian.alerts.rules import rule
@@ -303,6 +304,17 @@ def replays(found: list[Message], restart_max: int) -> list[Message]:
     return sorted(copies, key=lambda m: (m.arrived, m.seq))
 
 
+def _maybe_before(gap: Gap, start: datetime, interval: timedelta) -> bool:
+    """Whether the gap's missing messages may be stamped before the window's `start`: the
+    clock went back between its two messages (the later one is stamped earlier), so the
+    messages sent between them, at the reporting interval, precede the later one's stamp and
+    may fall before the window (which is cut by device time). Seen from the whole lookback
+    once they are in it, they are no gap."""
+    if gap.after.ts >= gap.before.ts:
+        return False
+    return gap.after.ts - (gap.after.seq - gap.before.seq) * interval < start
+
+
 def _last_message_before(device: DeviceData, when: datetime) -> datetime | None:
     """Device time of the device's last message before `when` (data in device-time order)."""
     latest: datetime | None = None
@@ -413,10 +425,14 @@ class SequenceGapDetector(_SeqDetector):
         # still arriving fills it), and not after a message stamped ahead of its arrival:
         # with the clock ahead, the next messages carry device times after `now` and are not
         # in the window yet. While a gap is pending there is no clear either.
+        start = site.window_start(now, self.lookback)
+        interval = timedelta(seconds=reporting_interval(site, device))
         confirmed = [
             g
             for g in every
-            if now - g.after.arrived >= grace and g.before.ts - g.before.arrived <= ahead
+            if now - g.after.arrived >= grace
+            and g.before.ts - g.before.arrived <= ahead
+            and not _maybe_before(g, start, interval)
         ]
         by_hour: dict[datetime, list[Gap]] = defaultdict(list)
         for gap in confirmed:
