@@ -118,6 +118,7 @@ async def load_site_data(
                 online=row["online"],
                 ordered=True,
                 conflicts=conflicts.get(device_id, ()),
+                status_at=row["status_at"],
             )
         first = device_rows[0]
         profile = build_profile(

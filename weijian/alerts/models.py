@@ -64,6 +64,9 @@ class DeviceData:
     # keeps them out of `readings` (dead letters `conflicting_duplicate`); the replay rule
     # needs them.
     conflicts: Sequence[Reading] = ()
+    # When `online` last changed (receive time). For a device that only sends events, the
+    # moment the broker reported it gone (`online=false`) is the last it was known present.
+    status_at: datetime | None = None
     # Views derived from the data (a metric's series, a time slice, ...), computed once per
     # object: a dozen detectors look at the same device in one evaluation. Never copied by
     # `dataclasses.replace`, so a changed copy starts empty. Callers treat what it holds as

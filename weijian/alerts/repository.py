@@ -231,6 +231,7 @@ async def insert_silence(
 async def site_devices(*, conn: AsyncConn, site_ids: Sequence[str]) -> list[dict[str, Any]]:
     cur = await conn.execute(
         "SELECT d.id, d.site_id, d.kind, d.interval_s, d.profile, d.online, d.last_seen_at,"
+        " d.status_at,"
         " s.kind AS site_kind, s.profile AS site_profile"
         " FROM devices d JOIN sites s ON s.id = d.site_id WHERE d.site_id = ANY(%s)"
         " ORDER BY d.site_id, d.id",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from tests.alerts.detectors.factories import at, device, site, state, stream
@@ -92,3 +93,27 @@ def test_an_event_only_scale_is_quiet_by_design_while_connected() -> None:
     gone = site(device(DeviceKind.WASTE_SCALE, last_seen=at(), online=False))
     assert state(OFFLINE(gone, at(minutes=14))) == "clear"
     assert state(OFFLINE(gone, at(minutes=15))) == "firing"
+
+
+def test_an_event_only_scale_is_silent_from_when_the_broker_reported_it_gone() -> None:
+    # Its last bag at 0:00, connected until the Last Will at 6:00: the 15 min wait runs from
+    # 6:00 (the Last Will is not presence itself, but a connected scale was there until it).
+    data = replace(
+        device(DeviceKind.WASTE_SCALE, last_seen=at(), online=False), status_at=at(hours=6)
+    )
+    gone = site(data)
+    assert state(OFFLINE(gone, at(hours=6, minutes=14))) == "clear"
+    (finding,) = OFFLINE(gone, at(hours=6, minutes=15))
+    assert finding.state == "firing"
+    assert finding.started_at == at(hours=6)
+
+
+def test_a_device_with_metrics_is_silent_from_its_last_data_not_from_its_last_will() -> None:
+    # The broker's Last Will (status_at) comes after the last reading: silence still runs
+    # from the reading (a reporting device is present through its data).
+    data = replace(
+        device(DeviceKind.STEAM_CABINET, last_seen=at(), online=False), status_at=at(minutes=5)
+    )
+    (finding,) = OFFLINE(site(data), at(minutes=10))
+    assert finding.state == "firing"
+    assert finding.started_at == at()

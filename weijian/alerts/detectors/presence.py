@@ -65,12 +65,16 @@ class OfflineDetector(DeviceDetector):
         times = receive_times(device)  # sorted
         heard = times[bisect_left(times, now - self.lookback) : bisect_right(times, now)]
         seen = [t for t in (device.last_seen, heard[-1] if heard else None) if t is not None]
+        event_only = not kind_spec(device.kind).metrics
+        if event_only and device.online is False and device.status_at is not None:
+            # Connected, it was present until the broker reported it gone.
+            seen.append(device.status_at)
         if not seen:
             return []  # never heard from: nothing to measure silence from
         last_seen = max(seen)
         limit = offline_after(site, device)
         silent = now - last_seen
-        if not kind_spec(device.kind).metrics and device.online is not False:
+        if event_only and device.online is not False:
             if device.online is None and silent >= limit:
                 return []  # event-only and quiet, connection unknown: no evidence either way
             silent = timedelta(0)
