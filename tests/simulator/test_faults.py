@@ -159,6 +159,18 @@ CASES = [
     Case("out_of_range", "env-1", "5h", hospital(), "data.out_of_range", high=_M),
     # provable with the first message of the second skewed 5-min bucket
     Case("clock_skew", "line-1", "1h", _plant(_LINE), "data.clock_skew", low=_M * 5, high=_M * 11),
+    # set back mid-bucket: that bucket's freshest message is from before the jump, so the
+    # skewed buckets are the next two (1h05, 1h10): provable at the first message from 1h10
+    Case(
+        "clock_skew",
+        "line-1",
+        "1h2m",
+        _plant(_LINE),
+        "data.clock_skew",
+        low=_M * 8,
+        high=_M * 8.5,
+        params={"offset": "-30m"},
+    ),
     Case(
         "clock_skew",
         "scale-1",

@@ -308,7 +308,15 @@ class _Planner:
             # time: provable with the first message of the last of them.
             bucket = profile.number("clock_skew.bucket_s", spec.key)
             buckets = profile.number("clock_skew.min_buckets", spec.key)
-            last_bucket = (first // bucket + buckets - 1) * bucket
+            first_bucket = first // bucket
+            if options.offset.total_seconds() < 0 and (
+                self._last_message(twin, first, has_metrics) // bucket == first_bucket
+            ):
+                # A bucket's offset is its freshest message's (so a late backlog does not
+                # look like a slow clock): a clock set back counts only from the first bucket
+                # without a message sent before the jump.
+                first_bucket += 1
+            last_bucket = (first_bucket + buckets - 1) * bucket
             at = self._first_message(twin, max(first, last_bucket), has_metrics)
         if fault.type == "sequence_gap":
             # A gap counts once the message after it has been in for the grace time.
@@ -361,6 +369,13 @@ class _Planner:
         if has_metrics:
             times.append(twin.ctx.sample_at_or_after(at))
         return min(times) if times else float("inf")
+
+    def _last_message(self, twin: Twin, before: float, has_metrics: bool) -> float:
+        """When the device last sent something strictly before `before` (−inf: never)."""
+        times = [e.at for e in twin.events if e.at < before][-1:]
+        if has_metrics:
+            times.append(twin.ctx.sample_before(before))
+        return max(times) if times else float("-inf")
 
     def _check_env_activity(
         self, name: str, spec: DeviceSpec, twin: Twin, fault: PlannedFault
