@@ -120,8 +120,18 @@ CASES = [
         high=timedelta(hours=22),
         duration="3d",
     ),
+    # the first sample showing it open, then the first sample more than 30 min after that
     Case(
-        "door_open", "env-1", "15h", hospital(), "waste.door_open_long", low=_M * 30, high=_M * 30
+        "door_open", "env-1", "15h", hospital(), "waste.door_open_long", low=_M * 30, high=_M * 32
+    ),
+    Case(
+        "door_open",
+        "env-1",
+        "15h0m30s",
+        hospital(),
+        "waste.door_open_long",
+        low=_M * 31,
+        high=_M * 32,
     ),
     Case("offline", "steam-1", "6h", _plant(_STEAM), "device.offline", low=_M * 9, high=_M * 10),
     Case(

@@ -218,7 +218,12 @@ class WasteStoreEnv(Twin):
         for fault in self.faults_of("door_open"):
             door.append((fault.at, fault.at + duration_s(fault.options)))
             limit_s = ctx.limit("waste.max_door_open_min") * 60.0
-            self.violate("waste.door_open_long", fault, fault.at + limit_s)
+            # Durations are proven from samples: from the first one showing the door open to
+            # one strictly more than the limit later.
+            opened = ctx.sample_at_or_after(fault.at)
+            self.violate(
+                "waste.door_open_long", fault, ctx.sample_at_or_after(opened + limit_s + 1e-3)
+            )
         for fault in self.faults_of("no_uv"):
             d0 = local_midnight(fault.at)
             d1 = local_midnight(d0 + 36 * 3600)
