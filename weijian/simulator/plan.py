@@ -344,9 +344,7 @@ class _Planner:
             profile.number("offline.min_s", spec.key),
         )
         if has_metrics:
-            last = max(
-                [ctx.sample_before(fault.at)] + [e.at for e in twin.events if e.at < fault.at]
-            )
+            last = self._last_message(twin, fault.at, has_metrics)
         elif options.disconnect:
             last = fault.at
         else:

@@ -327,7 +327,11 @@ def _last_message_before(device: DeviceData, when: datetime) -> datetime | None:
 
 def _max_seq_before(device: DeviceData, when: datetime) -> int:
     """The highest seq of the device's messages stamped before `when` (data in device-time
-    order; −1 when there is none)."""
+    order; −1 when there is none). Memoised: both seq rules ask it of the same horizon."""
+    return device.memo(("max_seq_before", when), lambda: _scan_max_seq(device, when))
+
+
+def _scan_max_seq(device: DeviceData, when: datetime) -> int:
     top = -1
     for items in (device.readings, device.events):
         for row in items[: bisect_left(items, when, key=_TS)]:
