@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import orjson
@@ -10,6 +11,7 @@ import pytest
 
 from tests.simulator.helpers import hospital, items, plant, run, scenario
 from weijian.clock import ManualClock
+from weijian.simulator.device import Outgoing
 from weijian.simulator.engine import MemorySink, Simulation, default_step
 from weijian.simulator.plan import plan_scenario
 
@@ -94,6 +96,29 @@ def test_on_step_after_each_step_with_the_clock_set() -> None:
     assert stats.steps == 4
     assert stats.devices == 1
     assert stats.messages == len(sink.messages)
+
+
+class _ClockWatchingSink(MemorySink):
+    """Notes, for each message it is given, what the platform's clock reads at that moment."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.received: list[tuple[float, datetime]] = []
+
+    def send(self, messages: Sequence[Outgoing]) -> None:
+        self.received += [(m.at, self.clock.now()) for m in messages]
+        super().send(messages)
+
+
+def test_a_step_is_received_at_its_end_never_before_it_was_sent() -> None:
+    sc = scenario([plant(devices=[_STEAM])], duration="1h")
+    clock = ManualClock(sc.start)
+    sink = _ClockWatchingSink(clock)
+    Simulation(sc, sink=sink, step=timedelta(seconds=10), clock=clock, progress=False).run()
+    assert sink.received
+    for sent, received in sink.received:
+        assert sent <= received.timestamp() <= sent + 10
 
 
 def test_messages_of_a_step_precede_its_end() -> None:

@@ -84,10 +84,10 @@ def default_step(speed: float | None) -> timedelta:
 class Simulation:
     """Runs a scenario: speed 1 real time, speed N accelerated, speed None as fast as possible.
 
-    Device timestamps are simulated time in every mode. After each step's messages are
-    published and acknowledged, `clock` (if given) is set to the step's end and
-    `on_step(sim_time)` is called, so an evaluation harness can let the platform commit and
-    run its scheduled scans at `sim_time`.
+    Device timestamps are simulated time in every mode. `clock` (if given) is set to a step's
+    end before its messages are published, so the platform receives them at the step's end;
+    once they are acknowledged `on_step(sim_time)` is called, so an evaluation harness can let
+    the platform commit and run its scheduled scans at `sim_time`.
     """
 
     def __init__(
@@ -145,11 +145,13 @@ class Simulation:
             stack.callback(self.sink.close)
             advance = self._progress(stack, total)
             for sim_time, messages in self.steps():
+                if self.clock is not None:
+                    # Before sending: whatever the platform takes in of this step is received
+                    # at its end, never at its start (before the device sent it).
+                    self.clock.set(sim_time)
                 self.sink.send(messages)
                 sent += sum(1 for m in messages if m.action in {"publish", "connect"})
                 steps += 1
-                if self.clock is not None:
-                    self.clock.set(sim_time)
                 if self.on_step is not None:
                     self.on_step(sim_time)
                 advance(sim_time.timestamp() - self.plan.start)
