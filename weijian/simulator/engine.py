@@ -103,12 +103,16 @@ class Simulation:
     ) -> None:
         if speed is not None and speed <= 0:
             raise ValueError("speed must be positive (or None for as fast as possible)")
-        self.plan = scenario if isinstance(scenario, ScenarioPlan) else plan_scenario(scenario)
-        self.sink = sink if sink is not None else MemorySink()
-        self.speed = speed
         self.step = step or default_step(speed)
         if self.step <= timedelta(0):
             raise ValueError("step must be positive")
+        self.plan = (
+            scenario
+            if isinstance(scenario, ScenarioPlan)
+            else plan_scenario(scenario, delivery_step=self.step)
+        )
+        self.sink = sink if sink is not None else MemorySink()
+        self.speed = speed
         self.on_step = on_step
         self.clock = clock
         self.progress = sys.stderr.isatty() if progress is None else progress

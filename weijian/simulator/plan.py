@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 
@@ -69,9 +71,14 @@ class ScenarioPlan:
         raise KeyError(ref)
 
 
-def plan_scenario(scenario: Scenario) -> ScenarioPlan:
-    """Plan every site of a scenario (pure and deterministic given the scenario's seed)."""
-    planner = _Planner(scenario)
+def plan_scenario(scenario: Scenario, *, delivery_step: timedelta | None = None) -> ScenarioPlan:
+    """Plan every site of a scenario (pure and deterministic given the scenario's seed).
+
+    `delivery_step`: the platform receives what is sent in each step `[t, t + step)` at the
+    step's end, as the engine delivers it (None: at once). Only labels that depend on which
+    receive-time bucket a message falls in (`data.clock_skew`) use it.
+    """
+    planner = _Planner(scenario, delivery_step)
     for site in scenario.sites:
         planner.site(site)
     planner.check_process_faults()
@@ -81,10 +88,11 @@ def plan_scenario(scenario: Scenario) -> ScenarioPlan:
 
 
 class _Planner:
-    def __init__(self, scenario: Scenario) -> None:
+    def __init__(self, scenario: Scenario, delivery_step: timedelta | None = None) -> None:
         self.scenario = scenario
         self.start = scenario.start.timestamp()
         self.end = scenario.end.timestamp()
+        self.step = None if delivery_step is None else delivery_step.total_seconds()
         self.devices: list[SimDevice] = []
         self.labels: list[Label] = []
         self.faults: dict[str, list[PlannedFault]] = {}
@@ -308,16 +316,17 @@ class _Planner:
             # time: provable with the first message of the last of them.
             bucket = profile.number("clock_skew.bucket_s", spec.key)
             buckets = profile.number("clock_skew.min_buckets", spec.key)
-            first_bucket = first // bucket
+            first_bucket = self._received(first) // bucket
             if options.offset.total_seconds() < 0 and (
-                self._last_message(twin, first, has_metrics) // bucket == first_bucket
+                self._received(self._last_message(twin, first, has_metrics)) // bucket
+                == first_bucket
             ):
                 # A bucket's offset is its freshest message's (so a late backlog does not
                 # look like a slow clock): a clock set back counts only from the first bucket
-                # without a message sent before the jump.
+                # that receives no message sent before the jump.
                 first_bucket += 1
             last_bucket = (first_bucket + buckets - 1) * bucket
-            at = self._first_message(twin, max(first, last_bucket), has_metrics)
+            at = self._first_message(twin, max(first, self._sent_from(last_bucket)), has_metrics)
         if fault.type == "sequence_gap":
             # A gap counts once the message after it has been in for the grace time.
             at = first + profile.number("seq.gap_grace_s", spec.key)
@@ -361,6 +370,20 @@ class _Planner:
             )
         self._label("device.offline", site, spec.key, fault.index, last + threshold, start=fault.at)
         self._check_env_activity(name, spec, twin, fault)
+
+    def _received(self, sent: float) -> float:
+        """When the platform receives a message sent at `sent` (−inf stays −inf)."""
+        if self.step is None or not math.isfinite(sent):
+            return sent
+        return min(
+            self.start + (math.floor((sent - self.start) / self.step) + 1) * self.step, self.end
+        )
+
+    def _sent_from(self, received: float) -> float:
+        """The earliest send time of a message received at or after `received`."""
+        if self.step is None:
+            return received
+        return self.start + (math.ceil((received - self.start) / self.step) - 1) * self.step
 
     def _first_message(self, twin: Twin, at: float, has_metrics: bool) -> float:
         times = [e.at for e in twin.events if e.at >= at][:1]
