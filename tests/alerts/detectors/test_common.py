@@ -17,10 +17,11 @@ from weijian.alerts.detectors.common import (
     local_day,
     mmss,
     settle,
+    stamps,
 )
 from weijian.alerts.models import Finding, SiteData
 from weijian.devices.kinds import DeviceKind
-from weijian.telemetry import Reading
+from weijian.telemetry import Event, Reading
 
 GAP = timedelta(seconds=60)
 
@@ -137,3 +138,34 @@ def test_device_now_ignores_what_had_not_arrived_by_now() -> None:
     early = at(seconds=90)  # the last reading (stamped 100 s) was received at 75 s
     assert device_now(s, s.devices["d1"], at(seconds=70)) == at(seconds=70)
     assert device_now(s, s.devices["d1"], early) == early + timedelta(seconds=25)
+
+
+def test_stamps_are_the_messages_once_each_in_the_order_held() -> None:
+    t0, t1, t2 = at(seconds=0), at(seconds=10), at(seconds=20)
+    r0, r1 = at(seconds=1), at(seconds=11)
+    readings = [
+        Reading(t0, "d1", "a", 1.0, 5, r0),
+        Reading(t0, "d1", "b", 2.0, 5, r0),
+        Reading(t1, "d1", "a", 1.0, 6, r1),
+        Reading(t1, "d1", "b", 2.0, 6, r1),
+        Reading(t1, "d1", "c", 3.0, 6, r1),
+        Reading(t2, "d1", "a", 1.0, None, None),
+    ]
+    events = [Event(t1, "d1", "door_open", {}, 7, r1)]
+    dev = replace(device(DeviceKind.WASTE_STORE_ENV), readings=readings, events=events)
+    assert stamps(dev) == [(t0, 5, r0), (t1, 6, r1), (t2, None, None), (t1, 7, r1)]
+    assert stamps(dev) is stamps(dev)  # memoised per object
+
+
+def test_metric_index_keeps_each_metrics_readings_in_order() -> None:
+    rows = [
+        Reading(at(seconds=i), "d1", metric, float(i), i)
+        for i in range(6)
+        for metric in (("a", "b") if i % 2 else ("b",))
+    ]
+    dev = replace(device(DeviceKind.WASTE_STORE_ENV), readings=rows)
+    index = dev.metric_index()
+    assert list(index) == ["b", "a"]
+    assert index["a"] == [r for r in rows if r.metric == "a"]
+    assert index["b"] == [r for r in rows if r.metric == "b"]
+    assert dev.series("missing") == []

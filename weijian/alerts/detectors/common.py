@@ -19,6 +19,8 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
+from itertools import chain, groupby
+from operator import attrgetter
 from typing import Literal, NamedTuple, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -98,6 +100,27 @@ class DeviceDetector:
 
 # How many of a device's latest readings (in device time) its clock's lead is read from.
 _LEAD_SAMPLES = 8
+
+
+# (ts, seq, received_at): what identifies a message and when it came.
+Stamp = tuple[datetime, int | None, datetime | None]
+_STAMP = attrgetter("ts", "seq", "received_at")
+
+
+def stamps(device: DeviceData) -> list[Stamp]:
+    """The device's messages as (ts, seq, received_at): its readings', then its events', in the
+    order held, a run of equal stamps kept once. A message's readings share all three and lie
+    side by side in time order, so the rules that look at messages rather than values (clock,
+    sequence, presence) loop over messages, not over a cabinet's four or five rows per
+    message. Data not in time order may repeat a stamp; callers take sets, maxima or minima,
+    which repeats do not change. Runs in C (no hashing of datetimes). Read-only: shared by the
+    detectors that ask for the same device."""
+
+    def compute() -> list[Stamp]:
+        rows = chain(map(_STAMP, device.readings), map(_STAMP, device.events))
+        return [stamp for stamp, _ in groupby(rows)]
+
+    return device.memo("stamps", compute)
 
 
 def device_now(site: SiteData, device: DeviceData, now: datetime) -> datetime:

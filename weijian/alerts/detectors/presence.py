@@ -6,7 +6,7 @@ from bisect import bisect_left, bisect_right
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from weijian.alerts.detectors.common import DeviceDetector, iso, local_time, mmss
+from weijian.alerts.detectors.common import DeviceDetector, iso, local_time, mmss, stamps
 from weijian.alerts.models import DeviceData, Finding, SiteData
 from weijian.alerts.models import Severity as Sev
 from weijian.alerts.rules import rule
@@ -34,9 +34,7 @@ def receive_times(device: DeviceData) -> list[datetime]:
     Read-only: shared by the detectors that ask for the same device."""
 
     def compute() -> list[datetime]:
-        times = {r.received_at or r.ts for r in device.readings}
-        times |= {e.received_at or e.ts for e in device.events}
-        return sorted(times)
+        return sorted({received or ts for ts, _, received in stamps(device)})
 
     return device.memo("receive_times", compute)
 

@@ -23,6 +23,7 @@ from weijian.alerts.detectors.common import (
     local_time,
     seconds,
     since_label,
+    stamps,
     within,
 )
 from weijian.alerts.detectors.presence import reporting_interval
@@ -93,16 +94,13 @@ def _stored_messages(device: DeviceData, now: datetime) -> list[Message]:
     (metric, ts) and (type, ts), so no (seq, ts) can hold two values for one name; only the
     earliest receive time of each message is to find (one pass, no value kept per row)."""
     received: dict[tuple[datetime, int], datetime | None] = {}
-    for item in (device.readings, device.events):
-        for row in item:
-            seq, ts = row.seq, row.ts
-            if seq is None or ts > now:
-                continue
-            key = (ts, seq)
-            at = row.received_at
-            held = received.get(key, _UNSEEN)
-            if held is _UNSEEN or (at is not None and (held is None or at < held)):
-                received[key] = at
+    for ts, seq, at in stamps(device):
+        if seq is None or ts > now:
+            continue
+        key = (ts, seq)
+        held = received.get(key, _UNSEEN)
+        if held is _UNSEEN or (at is not None and (held is None or at < held)):
+            received[key] = at
     return [Message(seq, ts, received[ts, seq]) for ts, seq in sorted(received)]
 
 
@@ -249,13 +247,9 @@ def _bucket_offsets(
     """Per bucket of receive time in [start, now]: max(ts − received_at) in seconds. The
     readings of one message share both times, so each message counts once; the bucket of
     the previous message is reused while the receive times stay in it (they mostly rise)."""
-    # attrgetter, zip and a set do the per-reading work in C; the loop below is per message.
-    readings = device.readings
-    stamps = set(zip(map(_TS, readings), map(_RECEIVED, readings), strict=True))
-    stamps.update((e.ts, e.received_at) for e in device.events)
     worst: dict[datetime, timedelta] = {}
     lo = hi = start  # the current bucket [lo, hi)
-    for ts, received_at in stamps:
+    for ts, _, received_at in stamps(device):
         if received_at is None or not start <= received_at <= now:
             continue
         if not lo <= received_at < hi:
