@@ -581,6 +581,16 @@ def eval_(
     jobs: Annotated[
         int, typer.Option(min=1, max=16, help="Scenarios evaluated at once (processes).")
     ] = 1,
+    parts: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=16,
+            help="Evaluate each scenario as this many scenarios over disjoint sets of its sites"
+            " (run at once with --jobs), merged into one result: a long city scenario on"
+            " several cores.",
+        ),
+    ] = 1,
     save: Annotated[
         str | None,
         typer.Option(
@@ -645,6 +655,7 @@ def eval_(
             keep=keep,
             scan=timedelta(seconds=scan),
             jobs=jobs,
+            parts=parts,
             on_result=finished,
         )
     labels = [label for r in results for label in r.labels]

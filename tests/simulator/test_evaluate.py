@@ -13,16 +13,20 @@ import pytest
 from weijian.config import Settings
 from weijian.simulator import match
 from weijian.simulator.device import Outgoing, connect_message
-from weijian.simulator.engine import MemorySink
+from weijian.simulator.engine import MemorySink, Simulation
 from weijian.simulator.evaluate import (
     CountingSink,
     ScenarioEvaluation,
+    ScenarioResult,
     _hear_all,
     _Job,
+    evaluate_paths,
     next_disjoint,
+    split_sites,
 )
 from weijian.simulator.live import plants_scenario
-from weijian.simulator.scenario import load_scenario
+from weijian.simulator.plan import plan_scenario
+from weijian.simulator.scenario import Scenario, load_scenario
 
 
 def test_a_short_hold_is_caught_and_nothing_else_is_raised(settings: Settings) -> None:
@@ -147,3 +151,70 @@ def test_the_counting_sink_counts_every_message_ingest_will_receive() -> None:
     )
     assert sink.published == 3
     assert sink.published == len(broker.messages)  # what the broker passes on: three
+
+
+def test_a_city_splits_into_parts_of_about_equal_devices() -> None:
+    city = load_scenario(Path("scenarios/clean_city_week.yaml"))
+    parts = split_sites(city, 2)
+    assert [p.device_count() for p in parts] == [40, 40]
+    keys = [s.key for p in parts for s in p.sites]
+    assert sorted(keys) == sorted(s.key for s in city.sites)
+    for part in parts:  # each part keeps the scenario's order of its sites
+        order = [s.key for s in city.sites if s.key in {x.key for x in part.sites}]
+        assert [s.key for s in part.sites] == order
+    assert split_sites(city, 1) == [city]
+    assert len(split_sites(city, 50)) == len(city.sites)
+    with pytest.raises(ValueError, match="at least 1"):
+        split_sites(city, 0)
+
+
+def test_parts_plan_and_send_exactly_what_the_whole_scenario_does() -> None:
+    whole = load_scenario(Path("scenarios/faults_data.yaml"))
+    parts = split_sites(whole, 3)
+    assert len(parts) == 3
+
+    labels = sorted(repr(lb) for p in parts for lb in plan_scenario(p).labels)
+    assert labels == sorted(repr(lb) for lb in plan_scenario(whole).labels)
+    assert sorted(f.id or "" for p in parts for f in p.faults) == sorted(
+        whole.fault_id(i) for i in range(len(whole.faults))
+    )
+
+    def sent(scenario: Scenario) -> dict[str, list[bytes]]:
+        sink = MemorySink()
+        Simulation(scenario, sink=sink, step=timedelta(seconds=60), progress=False).run()
+        out: dict[str, list[bytes]] = {}
+        for message in sink.messages:
+            out.setdefault(message.device, []).append(message.payload)
+        return out
+
+    city = load_scenario(Path("scenarios/clean_city_week.yaml"))
+    city = city.model_copy(update={"duration": timedelta(hours=6)})
+    together = sent(city)
+    apart: dict[str, list[bytes]] = {}
+    for part in split_sites(city, 3):
+        apart.update(sent(part))
+    assert apart == together
+
+
+def test_a_scenario_evaluated_in_parts_is_scored_as_one(settings: Settings) -> None:
+    scenario = plants_scenario(
+        2,
+        fault="under_temp",
+        start=datetime(2026, 11, 23, 1, 0, tzinfo=UTC),
+        duration=timedelta(hours=1, minutes=30),
+    )
+    reported: list[ScenarioResult] = []
+    (result,) = evaluate_paths(
+        settings,
+        [(Path("plants.yaml"), scenario)],
+        step=timedelta(seconds=30),
+        scan=timedelta(minutes=2),
+        parts=2,
+        on_result=reported.append,
+    )
+    assert reported == [result]
+    assert result.scenario == scenario
+    assert [label.rule for label in result.labels] == ["disinfection.hold_time_short"]
+    score = match(result.labels, result.alerts).score()
+    assert (score.tp, score.fp, score.fn) == (1, 0, 0)
+    assert result.messages > 500

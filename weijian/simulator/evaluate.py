@@ -135,9 +135,11 @@ class ScenarioEvaluation:
         step: timedelta,
         keep: bool = False,
         scan: timedelta | None = None,
+        title: str | None = None,
     ) -> None:
         tag = uuid.uuid4().hex[:8]
         self.scenario = scenario
+        self.title = title or scenario.name  # in progress lines
         # Publishing steps keep receive times close to device times (the clock-skew rule);
         # the detectors run every `scan` of simulated time, like the live scheduled scan.
         self.step = step
@@ -259,7 +261,7 @@ class ScenarioEvaluation:
         done = (sim_time - self.scenario.start) / self.scenario.duration
         elapsed = time.monotonic() - started
         sys.stderr.write(
-            f"eval {self.scenario.name}: {done:.0%} of {_span(self.scenario.duration)} simulated"
+            f"eval {self.title}: {done:.0%} of {_span(self.scenario.duration)} simulated"
             f" in {elapsed:.0f} s (detection {self.detection_s:.0f} s)\n"
         )
         sys.stderr.flush()
@@ -309,6 +311,11 @@ class _Job:
     step: timedelta
     keep: bool
     scan: timedelta | None
+    part: str = ""  # "2/3" when the scenario is evaluated in parts
+
+    @property
+    def title(self) -> str:
+        return f"{self.scenario.name} (part {self.part})" if self.part else self.scenario.name
 
     @property
     def accounts(self) -> frozenset[str]:
@@ -320,12 +327,17 @@ class _Job:
         )
 
     def run(self) -> ScenarioResult:
-        log.info("evaluating %s (%s)", self.path, self.scenario.name)
+        log.info("evaluating %s (%s)", self.path, self.title)
         result = ScenarioEvaluation(
-            self.settings, self.scenario, step=self.step, keep=self.keep, scan=self.scan
+            self.settings,
+            self.scenario,
+            step=self.step,
+            keep=self.keep,
+            scan=self.scan,
+            title=self.title,
         ).run()
         sys.stderr.write(
-            f"eval {self.scenario.name}: done in {result.wall_s:.0f} s — {result.messages}"
+            f"eval {self.title}: done in {result.wall_s:.0f} s — {result.messages}"
             f" messages, {len(result.labels)} labels, {len(result.alerts)} alert raises\n"
         )
         return result
@@ -339,24 +351,92 @@ def evaluate_paths(
     keep: bool = False,
     scan: timedelta | None = None,
     jobs: int = 1,
+    parts: int = 1,
     on_result: Callable[[ScenarioResult], None] | None = None,
 ) -> list[ScenarioResult]:
     """Evaluate scenarios, each on its own database: one after the other, or `jobs` at a time
-    in worker processes (results in the order given).
+    in worker processes (results in the order given). With `parts` > 1 each scenario is
+    evaluated as that many scenarios over disjoint sets of its sites (`split_sites`), and
+    their results are merged into the scenario's.
 
-    `on_result` sees each scenario as soon as it is done, so a run stopped later keeps what
-    finished."""
+    `on_result` sees each scenario as soon as it is done (all its parts), so a run stopped
+    later keeps what finished."""
     if jobs < 1:
         raise ValueError("jobs must be at least 1")
-    todo = [_Job(base, path, sc, step, keep, scan) for path, sc in scenarios]
-    done = on_result or (lambda _result: None)
+    todo: list[_Job] = []
+    owner: list[int] = []  # the scenario of each job
+    for index, (path, sc) in enumerate(scenarios):
+        pieces = split_sites(sc, parts)
+        for number, piece in enumerate(pieces, 1):
+            part = f"{number}/{len(pieces)}" if len(pieces) > 1 else ""
+            todo.append(_Job(base, path, piece, step, keep, scan, part))
+            owner.append(index)
+    pending: dict[int, list[ScenarioResult]] = {}
+    merged: dict[int, ScenarioResult] = {}
+    report = on_result or (lambda _result: None)
+
+    def done(job: int, result: ScenarioResult) -> None:
+        index = owner[job]
+        pending.setdefault(index, []).append(result)
+        if len(pending[index]) == owner.count(index):
+            merged[index] = merge_parts(scenarios[index][1], pending.pop(index))
+            report(merged[index])
+
     if jobs == 1 or len(todo) == 1:
-        results = []
-        for job in todo:
-            results.append(job.run())
-            done(results[-1])
-        return results
-    return _evaluate_parallel(todo, jobs, done)
+        for number, job in enumerate(todo):
+            done(number, job.run())
+    else:
+        _evaluate_parallel(todo, jobs, done)
+    return [merged[i] for i in range(len(scenarios))]
+
+
+def split_sites(scenario: Scenario, parts: int) -> list[Scenario]:
+    """The scenario as up to `parts` scenarios over disjoint sets of its sites, about equal in
+    devices, each with its own sites' faults (under their ids in the whole scenario).
+
+    A part plans and judges its sites exactly as the whole scenario does: each device's plan
+    is seeded by the scenario's seed and its own site and device keys, and every detector
+    judges one site (the behaviour models, one device). So a week of a city can use as many
+    cores as it has parts."""
+    if parts < 1:
+        raise ValueError("parts must be at least 1")
+    count = min(parts, len(scenario.sites))
+    if count == 1:
+        return [scenario]
+    groups: list[set[str]] = [set() for _ in range(count)]
+    load = [0] * count
+    for site in sorted(scenario.sites, key=lambda s: len(s.devices), reverse=True):
+        lightest = load.index(min(load))
+        groups[lightest].add(site.key)
+        load[lightest] += len(site.devices)
+    return [
+        scenario.model_copy(
+            update={
+                "sites": tuple(s for s in scenario.sites if s.key in keys),
+                "faults": tuple(
+                    fault.model_copy(update={"id": scenario.fault_id(i)})
+                    for i, fault in enumerate(scenario.faults)
+                    if fault.site in keys
+                ),
+            }
+        )
+        for keys in groups
+    ]
+
+
+def merge_parts(scenario: Scenario, results: Sequence[ScenarioResult]) -> ScenarioResult:
+    """One result for a scenario evaluated in parts (its wall time: the slowest part's)."""
+    if len(results) == 1:
+        return results[0]
+    return ScenarioResult(
+        scenario,
+        sorted((lb for r in results for lb in r.labels), key=lambda lb: lb.detectable_at),
+        [alert for r in results for alert in r.alerts],
+        sum(r.messages for r in results),
+        max(r.wall_s for r in results),
+        sum(r.detection_s for r in results),
+        [note for r in results for note in r.notes],
+    )
 
 
 def _worker(
@@ -388,7 +468,7 @@ def next_disjoint(
 
 
 def _evaluate_parallel(
-    todo: Sequence[_Job], jobs: int, done: Callable[[ScenarioResult], None]
+    todo: Sequence[_Job], jobs: int, done: Callable[[int, ScenarioResult], None]
 ) -> list[ScenarioResult]:
     ctx = multiprocessing.get_context("spawn")
     out: multiprocessing.queues.Queue[tuple[int, ScenarioResult | str]] = ctx.Queue()
@@ -406,7 +486,7 @@ def _evaluate_parallel(
                     break
                 index, job = waiting.pop(pick)
                 started = ctx.Process(
-                    target=_worker, args=(index, job, out), name=f"eval-{job.scenario.name}"
+                    target=_worker, args=(index, job, out), name=f"eval-{job.title}"
                 )
                 started.start()
                 running[index] = started
@@ -415,7 +495,7 @@ def _evaluate_parallel(
             if isinstance(outcome, str):
                 raise RuntimeError(f"scenario {todo[index].path}: {outcome}")
             results[index] = outcome
-            done(outcome)
+            done(index, outcome)
     finally:
         for proc in running.values():  # interrupted or failed: stop the others cleanly
             proc.terminate()
