@@ -3,10 +3,13 @@ every field, and the run leaves no database behind (no speed is asserted)."""
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import pytest
 
 from weijian.bench import repository as repo
-from weijian.bench.alerts import AlertBenchConfig, run_alert_bench
+from weijian.bench.alerts import AlertBenchConfig, _free_port, run_alert_bench
 from weijian.bench.context import with_database
 from weijian.config import get_settings
 
@@ -62,3 +65,12 @@ def test_every_probe_is_alerted_and_the_report_is_complete(detect_workers: int) 
     assert any("probes alerted" in line for line in lines)
     admin = with_database(settings.database_url, "postgres")
     assert not repo.database_exists(admin_url=admin, name=report["config"]["database"])
+
+
+def test_the_api_port_is_free_and_outside_the_ephemeral_range() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(20):
+        port = _free_port()
+        assert port < low
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # still free
