@@ -469,12 +469,12 @@ def next_disjoint(
 
 def _evaluate_parallel(
     todo: Sequence[_Job], jobs: int, done: Callable[[int, ScenarioResult], None]
-) -> list[ScenarioResult]:
+) -> None:
+    """Run the jobs `jobs` at a time; each result goes to `done(job index, result)`."""
     ctx = multiprocessing.get_context("spawn")
     out: multiprocessing.queues.Queue[tuple[int, ScenarioResult | str]] = ctx.Queue()
     waiting = list(enumerate(todo))
     running: dict[int, multiprocessing.process.BaseProcess] = {}
-    results: dict[int, ScenarioResult] = {}
     try:
         while waiting or running:
             while len(running) < jobs:
@@ -494,11 +494,9 @@ def _evaluate_parallel(
             running.pop(index).join()
             if isinstance(outcome, str):
                 raise RuntimeError(f"scenario {todo[index].path}: {outcome}")
-            results[index] = outcome
             done(index, outcome)
     finally:
         for proc in running.values():  # interrupted or failed: stop the others cleanly
             proc.terminate()
         for proc in running.values():
             proc.join(timeout=60)
-    return [results[i] for i in range(len(todo))]

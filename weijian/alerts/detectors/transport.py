@@ -238,7 +238,6 @@ class ClockSkewDetector(DeviceDetector):
 
 
 _TS = attrgetter("ts")
-_RECEIVED = attrgetter("received_at")
 
 
 def _bucket_offsets(
