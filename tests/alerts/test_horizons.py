@@ -49,6 +49,8 @@ NARROWED = (
     "disinfection.released_undisinfected",
 )
 NARROWED_SEQ = ("data.sequence_gap", "data.replay")
+# Judged on receive time: no horizon, but nothing to judge while present and not alerted.
+NARROWED_PRESENCE = ("device.offline",)
 
 
 SHIFTS = ["01:00-05:30", "06:30-11:30"]
@@ -251,7 +253,11 @@ def _firing(findings: Sequence[Finding]) -> dict[tuple[Any, ...], Finding]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("rules", [NARROWED, NARROWED_SEQ], ids=["process", "seq"])
+@pytest.mark.parametrize(
+    "rules",
+    [NARROWED, NARROWED_SEQ, NARROWED_PRESENCE],
+    ids=["process", "seq", "presence"],
+)
 def test_judging_from_the_horizon_finds_every_new_violation_and_nothing_else(
     rules: tuple[str, ...],
 ) -> None:

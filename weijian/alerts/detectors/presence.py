@@ -59,6 +59,14 @@ class OfflineDetector(DeviceDetector):
     lookback = timedelta(hours=2)
     by_device_time = False  # presence is receive time: a late backlog is presence
 
+    def _device_findings(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
+        if site.since(self.rule.id, device.device_id) is not None and _present(site, device, now):
+            # No alert of the rule is active for the device (`SiteData.since`) and it is not
+            # silent: the judgement would be a clear with nothing to resolve. Skips sorting
+            # the receive times of its whole lookback on every stream round.
+            return []
+        return super()._device_findings(site, device, now)
+
     def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
         times = receive_times(device)  # sorted
         heard = times[bisect_left(times, now - self.lookback) : bisect_right(times, now)]
@@ -113,6 +121,15 @@ class OfflineDetector(DeviceDetector):
                 details={"online_flag": device.online},
             )
         ]
+
+
+def _present(site: SiteData, device: DeviceData, now: datetime) -> bool:
+    """Whether `judge` would find the device present without looking at its data: heard from
+    (`last_seen`) within the limit, or event-only and not reported gone by the broker. The
+    data can only make it later (`judge` takes the latest of both), never silent."""
+    if not kind_spec(device.kind).metrics and device.online is not False:
+        return True
+    return device.last_seen is not None and now - device.last_seen < offline_after(site, device)
 
 
 def _last_outage(heard: list[datetime], limit: timedelta) -> tuple[datetime, datetime] | None:
