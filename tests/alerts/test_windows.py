@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from weijian.alerts import repository
+from weijian.alerts.models import stamp_runs
 from weijian.alerts.windows import WindowCache
 from weijian.config import Settings
 from weijian.db.connection import AsyncConn, connect
@@ -74,11 +75,14 @@ async def check_same(
     late_since: datetime | None = None,
 ) -> None:
     starts = dict.fromkeys(DEVICES, now - LOOKBACK)
-    got_r, got_e = await cache.window(conn, starts, now, late_since)
+    window = await cache.window(conn, starts, now, late_since)
+    got_r, got_e = window
     want_r, want_e = await full(conn, starts, now)
     for device in DEVICES:
         assert keys(got_r[device]) == keys(want_r[device]), device
         assert keys(got_e[device]) == keys(want_e[device]), device
+        # The stamps carried from the last window are those of the rows handed over.
+        assert window.stamps[device] == (stamp_runs(got_r[device]), stamp_runs(got_e[device]))
         times = [r.ts for r in got_r[device]]
         assert times == sorted(times), "windows stay in device-time order"
 
@@ -202,3 +206,43 @@ async def test_memory_is_bounded_by_evicting_the_least_recently_used_devices(
 def test_a_negative_overlap_is_refused() -> None:
     with pytest.raises(ValueError, match="overlap"):
         WindowCache(overlap=-timedelta(seconds=1))
+
+
+@pytest.mark.anyio
+async def test_announced_data_is_read_from_its_time_and_nothing_else_again(
+    settings: Settings,
+) -> None:
+    insert(settings, [r for m in range(0, 60) for d in DEVICES for r in minute_of(d, m)])
+    cache = WindowCache()
+    conn = await connect(settings.database_url)
+    async with conn:
+        await check_same(cache, conn, T0 + timedelta(minutes=60))
+        read = cache.stats.rows_read
+        starts = dict.fromkeys(DEVICES, T0)
+        # dev-a sends a minute (announced); dev-b sends nothing: no overlap is read again.
+        insert(settings, minute_of("dev-a", 60))
+        now = T0 + timedelta(minutes=61)
+        window = await cache.window(
+            conn, starts, now, announced={"dev-a": T0 + timedelta(minutes=60)}
+        )
+        want_r, _ = await full(conn, starts, now)
+        assert keys(window.readings["dev-a"]) == keys(want_r["dev-a"])
+        assert cache.stats.rows_read - read == 2
+        # A row of dev-b committed late, stamped well inside what is held, is read once its
+        # announcement comes (the overlap would have missed it too: 30 min old).
+        read = cache.stats.rows_read
+        late = [Reading(T0 + timedelta(minutes=30, seconds=5), "dev-b", "temp_c", 9.0, 999, now)]
+        insert(settings, late)
+        now = T0 + timedelta(minutes=62)
+        window = await cache.window(conn, starts, now, announced={"dev-b": late[0].ts})
+        want_r, want_e = await full(conn, starts, now)
+        for device in DEVICES:
+            assert keys(window.readings[device]) == keys(want_r[device]), device
+            assert keys(window.events[device]) == keys(want_e[device]), device
+            assert window.stamps[device] == (
+                stamp_runs(window.readings[device]),
+                stamp_runs(window.events[device]),
+            )
+        # From its time on, not the whole window: dev-b's minutes 31-59 and the late row.
+        assert cache.stats.full_loads == 2
+        assert cache.stats.rows_read - read == 2 * 29 + 1

@@ -18,7 +18,7 @@ import orjson
 
 from weijian.alerts import repository, service
 from weijian.alerts.freshness import Freshness, judged_pairs
-from weijian.alerts.models import Detector, DeviceData, Finding, SiteData
+from weijian.alerts.models import Detector, DeviceData, Finding, SiteData, Stamp
 from weijian.alerts.profiles import build_profile
 from weijian.alerts.windows import WindowCache
 from weijian.db.connection import AsyncConn
@@ -68,7 +68,8 @@ async def load_site_data(
     (site → devices with new data) narrows what the per-device detectors judge; a site not in
     it is judged whole. With `freshness` (and `new_data`: device → earliest device time of
     what arrived since the last evaluation) each site carries `fresh` and its active alerts,
-    so the detectors judge only from their horizons (alerts/freshness.py).
+    so the detectors judge only from their horizons (alerts/freshness.py). `new_data` also
+    tells the cache which rows to read again (`WindowCache.window`, `announced`).
     """
     rows = await repository.site_devices(conn=conn, site_ids=site_ids)
     if not rows:
@@ -89,10 +90,14 @@ async def load_site_data(
                 starts[str(row["id"])] = (
                     start if late_since is None else min(start, late_since - span)
                 )
+        carried: dict[str, tuple[list[Stamp], list[Stamp]]] = {}
         if cache is None:
             readings, events = await _site_window(conn, starts, now + AHEAD)
         else:
-            readings, events = await cache.window(conn, starts, now, late_since, ahead=AHEAD)
+            window = await cache.window(
+                conn, starts, now, late_since, ahead=AHEAD, announced=new_data
+            )
+            readings, events, carried = window.readings, window.events, window.stamps
         conflicts: dict[str, list[Reading]] = defaultdict(list)
         active: frozenset[tuple[str, str | None]] = frozenset()
         if starts:
@@ -120,6 +125,8 @@ async def load_site_data(
                 conflicts=conflicts.get(device_id, ()),
                 status_at=row["status_at"],
             )
+            if device_id in carried:
+                device_data[device_id].seed("stamp_parts", carried[device_id])
         first = device_rows[0]
         profile = build_profile(
             str(first["site_kind"]),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from itertools import compress
-from operator import attrgetter
+from itertools import compress, groupby
+from operator import attrgetter, itemgetter
 from typing import Any, Literal, Protocol, TypeVar, cast
 
 from pydantic import BaseModel
@@ -17,6 +18,32 @@ from weijian.telemetry import Event, Reading
 
 _T = TypeVar("_T")
 _METRIC = attrgetter("metric")
+
+# (ts, seq, received_at): what identifies a message and when it came.
+Stamp = tuple[datetime, int | None, datetime | None]
+_STAMP = attrgetter("ts", "seq", "received_at")
+_STAMP_TS = itemgetter(0)
+
+
+def stamp_runs(rows: Iterable[Reading | Event]) -> list[Stamp]:
+    """The rows' stamps in the order given, a run of equal stamps kept once: a message's
+    readings share all three and lie side by side in time order. Runs in C."""
+    return [stamp for stamp, _ in groupby(map(_STAMP, rows))]
+
+
+def slice_stamps(runs: list[Stamp], start: datetime, end: datetime) -> list[Stamp]:
+    """The part of `stamp_runs` of rows in device-time order that `stamp_runs` of the rows with
+    device time in [start, end] gives: runs never span two device times."""
+    lo = bisect_left(runs, start, key=_STAMP_TS)
+    hi = bisect_right(runs, end, key=_STAMP_TS)
+    return runs[lo:hi]
+
+
+def join_stamps(readings: list[Stamp], events: list[Stamp]) -> list[Stamp]:
+    """`stamp_runs` of readings then events, from the runs of each."""
+    if readings and events and readings[-1] == events[0]:
+        return readings + events[1:]
+    return readings + events
 
 
 class Severity(StrEnum):

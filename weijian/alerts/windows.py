@@ -14,18 +14,23 @@ a full load would return.
 
 Memory is bounded: past `max_rows` rows in all, the least recently used devices are dropped
 (and loaded in full when next needed).
+
+With the rows the cache keeps their message stamps (`models.stamp_runs`), extended the same
+way: what was held keeps its stamps and only the rows read anew are stamped, instead of
+every evaluation stamping hours of rows again (the per-message rules read them).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from weijian.alerts import repository
+from weijian.alerts.models import Stamp, slice_stamps, stamp_runs
 from weijian.db.connection import AsyncConn
 from weijian.telemetry import Event, Reading
 
@@ -35,6 +40,8 @@ _Timed = TypeVar("_Timed", Reading, Event)
 # committed slightly out of order (several ingest workers, a batch in flight) are not missed.
 DEFAULT_OVERLAP = timedelta(minutes=5)
 DEFAULT_MAX_ROWS = 5_000_000
+# The store's time resolution: rows after `t − _TICK` are those at `t` or later.
+_TICK = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
@@ -58,10 +65,27 @@ class _Held:
     end: datetime
     readings: list[Reading]
     events: list[Event]
+    # stamp_runs of readings and of events
+    stamps_r: list[Stamp]
+    stamps_e: list[Stamp]
 
     @property
     def rows(self) -> int:
         return len(self.readings) + len(self.events)
+
+
+@dataclass
+class Window:
+    """What `WindowCache.window` returns: per device its readings and events in device-time
+    order, and their `stamp_runs` (readings', events'). Unpacks as (readings, events)."""
+
+    readings: dict[str, list[Reading]]
+    events: dict[str, list[Event]]
+    stamps: dict[str, tuple[list[Stamp], list[Stamp]]]
+
+    def __iter__(self) -> Iterator[Any]:
+        yield self.readings
+        yield self.events
 
 
 @dataclass
@@ -106,28 +130,39 @@ class WindowCache:
         starts: Mapping[str, datetime],
         now: datetime,
         late_since: datetime | None = None,
+        *,
         ahead: timedelta = timedelta(0),
-    ) -> tuple[dict[str, list[Reading]], dict[str, list[Event]]]:
+        announced: Mapping[str, datetime | None] | None = None,
+    ) -> Window:
         """Each device's readings and events with device time in [its start, now], sorted by
         device time; `late_since` is the earliest device time of data just announced. With
         `ahead`, rows stamped in (now, now + ahead] (a clock running ahead) are read by the
-        same queries and appended after them, without being held."""
+        same queries and appended after them, without being held.
+
+        `announced` (the stream's: device → earliest device time of the data ingest announced
+        since the last evaluation, None for presence only) replaces the overlap: a device's
+        rows are read again only from its announced time, and a device not announced only
+        after what is held. Rows committed but not yet announced when the caller took the
+        announcements may then be missing, until their announcement comes (the next stream
+        round reads from it); the eval harness hears every announcement before it judges."""
         full: dict[str, _Span] = {}
         tail: dict[str, _Span] = {}
         head: dict[str, _Span] = {}
         for device_id, start in starts.items():
             held = self._held.get(device_id)
+            cut = None if held is None else self._cut(held, device_id, start, now, announced)
             if (
                 held is None
+                or cut is None
                 or now <= held.start
-                or start > held.end - self.overlap
-                or (late_since is not None and late_since <= held.end - self.overlap)
+                or (
+                    announced is None
+                    and late_since is not None
+                    and late_since <= held.end - self.overlap
+                )
             ):
                 full[device_id] = _Span(start, now + ahead, lo_in=True)
                 continue
-            # An evaluation at an earlier `now` than the last (the scan and the stream
-            # interleave) keeps what is held up to its own overlap and re-reads after it.
-            cut = max(min(held.end, now) - self.overlap, start)
             tail[device_id] = _Span(cut, now + ahead, lo_in=False)
             if start < held.start:  # the window reaches further back: read just that part
                 head[device_id] = _Span(start, held.start, lo_in=True, hi_in=False)
@@ -137,8 +172,7 @@ class WindowCache:
         self.stats.full_loads += len(full)
         self.stats.incremental_loads += len(tail)
 
-        readings: dict[str, list[Reading]] = {}
-        events: dict[str, list[Event]] = {}
+        out = Window({}, {}, {})
         for device_id, start in starts.items():
             got_r, beyond_r = _split_at(
                 (fresh_r if device_id in full else new_r).get(device_id, []), now
@@ -147,22 +181,60 @@ class WindowCache:
                 (fresh_e if device_id in full else new_e).get(device_id, []), now
             )
             if device_id in full:
-                held = _Held(start, now, got_r, got_e)
+                held = _Held(start, now, got_r, got_e, stamp_runs(got_r), stamp_runs(got_e))
             else:
                 old = self._held[device_id]
                 cut = tail[device_id].lo
+                before_r, before_e = head_r.get(device_id, []), head_e.get(device_id, [])
                 held = _Held(
                     start,
                     now,
-                    _merge(head_r.get(device_id, []), old.readings, start, cut, got_r),
-                    _merge(head_e.get(device_id, []), old.events, start, cut, got_e),
+                    _merge(before_r, old.readings, start, cut, got_r),
+                    _merge(before_e, old.events, start, cut, got_e),
+                    _extend(before_r, old.stamps_r, start, cut, got_r),
+                    _extend(before_e, old.stamps_e, start, cut, got_e),
                 )
             self._store(device_id, held)
             # New lists when rows lie ahead: the held ones must not change.
-            readings[device_id] = [*held.readings, *beyond_r] if beyond_r else held.readings
-            events[device_id] = [*held.events, *beyond_e] if beyond_e else held.events
+            if beyond_r or beyond_e:
+                out.readings[device_id] = [*held.readings, *beyond_r]
+                out.events[device_id] = [*held.events, *beyond_e]
+                out.stamps[device_id] = (
+                    [*held.stamps_r, *stamp_runs(beyond_r)],
+                    [*held.stamps_e, *stamp_runs(beyond_e)],
+                )
+            else:
+                out.readings[device_id] = held.readings
+                out.events[device_id] = held.events
+                out.stamps[device_id] = (held.stamps_r, held.stamps_e)
         self._evict(keep=set(starts))
-        return readings, events
+        return out
+
+    def _cut(
+        self,
+        held: _Held,
+        device_id: str,
+        start: datetime,
+        now: datetime,
+        announced: Mapping[str, datetime | None] | None,
+    ) -> datetime | None:
+        """Device time after which the device's rows are read again (what is held up to it
+        is kept), or None when what is held cannot be extended (a full load). An evaluation
+        at an earlier `now` than the last (the scan and the stream interleave) keeps what is
+        held up to its own `now`."""
+        base = min(held.end, now)
+        if announced is None:
+            if start > held.end - self.overlap:
+                return None
+            return max(base - self.overlap, start)
+        if start > held.end:
+            return None
+        earliest = announced.get(device_id)
+        if earliest is not None and earliest <= base:
+            base = earliest - _TICK  # rows stamped exactly then are read again too
+            if base < held.start:
+                return None  # late data from before what is held
+        return max(base, start)
 
     async def _read(
         self, conn: AsyncConn, spans: Mapping[str, _Span]
@@ -205,6 +277,14 @@ def _split_at(rows: list[_Timed], now: datetime) -> tuple[list[_Timed], list[_Ti
     """Rows (sorted by device time) up to `now`, and those after it."""
     i = bisect_right(rows, now, key=lambda x: x.ts)
     return (rows, []) if i == len(rows) else (rows[:i], rows[i:])
+
+
+def _extend(
+    head: list[_Timed], held: list[Stamp], start: datetime, cut: datetime, tail: list[_Timed]
+) -> list[Stamp]:
+    """The stamp runs of what `_merge` returns, from the held rows' runs: the three parts'
+    device times do not overlap, so neither do their runs."""
+    return [*stamp_runs(head), *slice_stamps(held, start, cut), *stamp_runs(tail)]
 
 
 def _merge(

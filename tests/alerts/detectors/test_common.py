@@ -18,6 +18,7 @@ from weijian.alerts.detectors.common import (
     mmss,
     settle,
     stamps,
+    within,
 )
 from weijian.alerts.models import Finding, SiteData
 from weijian.devices.kinds import DeviceKind
@@ -155,6 +156,27 @@ def test_stamps_are_the_messages_once_each_in_the_order_held() -> None:
     dev = replace(device(DeviceKind.WASTE_STORE_ENV), readings=readings, events=events)
     assert stamps(dev) == [(t0, 5, r0), (t1, 6, r1), (t2, None, None), (t1, 7, r1)]
     assert stamps(dev) is stamps(dev)  # memoised per object
+
+
+def test_a_slice_takes_its_part_of_the_whole_devices_stamps() -> None:
+    base = at()
+    readings = [
+        Reading(base + timedelta(seconds=10 * i), "d1", m, float(i), i, base)
+        for i in range(30)
+        for m in ("a", "b")
+    ]
+    # An event sharing a reading's stamp: joined, the run is kept once.
+    events = [Event(base + timedelta(seconds=290), "d1", "door_open", {}, 29, base)]
+    whole = replace(
+        device(DeviceKind.WASTE_STORE_ENV), readings=readings, events=events, ordered=True
+    )
+    assert len(stamps(whole)) == 30
+    for lo, hi in [(0, 290), (55, 120), (100, 100), (300, 400)]:
+        start, end = base + timedelta(seconds=lo), base + timedelta(seconds=hi)
+        part = within(whole, start, end)
+        assert part.has("stamp_parts")  # seeded from the whole's
+        fresh = replace(part)  # the same data, nothing memoised
+        assert stamps(part) == stamps(fresh)
 
 
 def test_metric_index_keeps_each_metrics_readings_in_order() -> None:

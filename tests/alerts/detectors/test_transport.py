@@ -11,7 +11,10 @@ from weijian.alerts.detectors.transport import (
     ReplayDetector,
     SequenceGapDetector,
     boot_segments,
+    counts_up,
+    gaps,
     messages,
+    replays,
 )
 from weijian.alerts.models import SiteData
 from weijian.devices.kinds import DeviceKind
@@ -206,6 +209,30 @@ def test_stored_data_gives_the_same_messages_as_the_general_path() -> None:
         5,
         base + timedelta(minutes=5),
     )
+
+
+def test_rising_seqs_take_the_short_way_to_the_same_gaps_and_no_replays() -> None:
+    base = at()
+    cases = {
+        "gaps only": ([1, 2, 5, 6, 9], True),
+        "a reboot": ([7, 8, 0, 1, 2], False),
+        "a repeat": ([1, 2, 2, 3], False),
+        "out of order": ([1, 3, 2, 4], False),
+    }
+    for name, (seqs, rising) in cases.items():
+        readings = [msg(seq, base + timedelta(minutes=i)) for i, seq in enumerate(seqs)]
+        stored = replace(device(DeviceKind.WASTE_STORE_ENV, readings=readings), ordered=True)
+        now = at(hours=1)
+        assert counts_up(stored, now) is rising, name
+        found = messages(stored, now)
+        if rising:
+            assert gaps(found, 1, rising=True) == gaps(found, 1), name
+            assert replays(found, 1) == [], name
+    # The same (seq, time) with other values is a conflicting copy, never "rising".
+    readings = [msg(1, base), msg(2, base + timedelta(minutes=1))]
+    copy = msg(2, base + timedelta(minutes=1), value=99.0)
+    conflicted = device(DeviceKind.WASTE_STORE_ENV, readings=[*readings, copy])
+    assert not counts_up(conflicted, at(hours=1))
 
 
 def test_a_clock_set_back_leaves_no_false_gap_when_judged_from_the_horizon() -> None:

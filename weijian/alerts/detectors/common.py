@@ -19,12 +19,20 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
-from itertools import chain, groupby
-from operator import attrgetter
 from typing import Literal, NamedTuple, TypeVar
 from zoneinfo import ZoneInfo
 
-from weijian.alerts.models import DeviceData, Finding, RuleSpec, Severity, SiteData
+from weijian.alerts.models import (
+    DeviceData,
+    Finding,
+    RuleSpec,
+    Severity,
+    SiteData,
+    Stamp,
+    join_stamps,
+    slice_stamps,
+    stamp_runs,
+)
 from weijian.devices.kinds import DeviceKind
 from weijian.telemetry import Event, Reading
 
@@ -102,25 +110,23 @@ class DeviceDetector:
 _LEAD_SAMPLES = 8
 
 
-# (ts, seq, received_at): what identifies a message and when it came.
-Stamp = tuple[datetime, int | None, datetime | None]
-_STAMP = attrgetter("ts", "seq", "received_at")
-
-
 def stamps(device: DeviceData) -> list[Stamp]:
     """The device's messages as (ts, seq, received_at): its readings', then its events', in the
     order held, a run of equal stamps kept once. A message's readings share all three and lie
     side by side in time order, so the rules that look at messages rather than values (clock,
     sequence, presence) loop over messages, not over a cabinet's four or five rows per
     message. Data not in time order may repeat a stamp; callers take sets, maxima or minima,
-    which repeats do not change. Runs in C (no hashing of datetimes). Read-only: shared by the
-    detectors that ask for the same device."""
+    which repeats do not change. Read-only: shared by the detectors that ask for the same
+    device. The window cache hands them over with the data (`stamp_parts`), carried from one
+    evaluation to the next; a slice of a device takes its part of them."""
+    return device.memo("stamps", lambda: join_stamps(*stamp_parts(device)))
 
-    def compute() -> list[Stamp]:
-        rows = chain(map(_STAMP, device.readings), map(_STAMP, device.events))
-        return [stamp for stamp, _ in groupby(rows)]
 
-    return device.memo("stamps", compute)
+def stamp_parts(device: DeviceData) -> tuple[list[Stamp], list[Stamp]]:
+    """`stamp_runs` of the device's readings and of its events (read-only)."""
+    return device.memo(
+        "stamp_parts", lambda: (stamp_runs(device.readings), stamp_runs(device.events))
+    )
 
 
 def device_now(site: SiteData, device: DeviceData, now: datetime) -> datetime:
@@ -182,6 +188,12 @@ def _within(device: DeviceData, start: datetime, end: datetime) -> DeviceData:
         # order): cheaper than splitting the part's readings again.
         whole = device.metric_index()
         part.seed("by_metric", {m: _slice(rs, start, end, True) for m, rs in whole.items()})
+    if device.ordered and device.has("stamp_parts"):
+        runs_r, runs_e = stamp_parts(device)
+        part.seed(
+            "stamp_parts",
+            (slice_stamps(runs_r, start, end), slice_stamps(runs_e, start, end)),
+        )
     return part
 
 

@@ -9,7 +9,7 @@ batch, on the dish machine's own alert), not a second flavour of exposure_short.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -252,6 +252,19 @@ def _compliant_in(
         while i >= 0 and readings[i].ts == state.ts:
             i -= 1  # the other rows of the same time belong to the same state
     return found
+
+
+def running_at(device: DeviceData, ts: datetime, max_gap: timedelta) -> bool:
+    """Whether `timeline(device, max_gap)` (stored data) holds a running state at `ts`, found
+    from the rows up to `max_gap` before it rather than the whole timeline."""
+    readings = device.readings
+    last = bisect_right(readings, ts, key=_by_ts) - 1
+    i = last
+    while i >= 0 and readings[i].ts == ts:
+        if readings[i].metric in _METRICS:
+            return _state_at(readings, last, max_gap).running
+        i -= 1
+    return False  # no state at that time
 
 
 def _state_at(readings: Sequence[Reading], i: int, max_gap: timedelta) -> DishState:

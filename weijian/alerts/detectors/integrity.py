@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from functools import partial
+from operator import attrgetter
 from typing import NamedTuple
 
 from weijian.alerts.detectors.common import (
@@ -15,6 +18,7 @@ from weijian.alerts.detectors.common import (
     Spell,
     all_good_findings,
     between,
+    device_now,
     iso,
     level_findings,
     metric_unit,
@@ -24,8 +28,9 @@ from weijian.alerts.detectors.common import (
     series,
     spell_episode,
     upto,
+    within,
 )
-from weijian.alerts.detectors.dish import timeline
+from weijian.alerts.detectors.dish import running_at, timeline
 from weijian.alerts.detectors.presence import offline_after
 from weijian.alerts.detectors.release import increments
 from weijian.alerts.detectors.thermal import CABINETS, batches
@@ -46,6 +51,12 @@ FLAT_WINDOWS: dict[tuple[DeviceKind, str], str] = {
     (DeviceKind.LINE_METER, "power_kw"): "flatline.line_window_min",
     (DeviceKind.LINE_METER, "water_l_min"): "flatline.line_window_min",
 }
+# Kinds whose runs the stream judges only near the fresh data (`FlatlineDetector._new_runs`).
+# Line meters' packing times depend on every earlier counter value; cabinets go by batch.
+_RECENT_RUNS = frozenset(
+    {DeviceKind.DISH_MACHINE, DeviceKind.CHLORINE_TANK, DeviceKind.WASTE_STORE_ENV}
+)
+_TS = attrgetter("ts")
 # Samples further apart in seq than this are not compared for rate of change: after a clock
 # jump, neighbours in device time may come from different hours.
 _RATE_MAX_SEQ_STEP = 5
@@ -117,6 +128,45 @@ class FlatlineDetector(DeviceDetector):
             if kind == device.kind
         )
         return Horizon(since - window - 3 * gap, 2 * gap)
+
+    def _device_findings(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
+        since = site.since(self.rule.id, device.device_id)
+        if since is None or device.kind not in _RECENT_RUNS or not device.ordered:
+            return super()._device_findings(site, device, now)
+        now = device_now(site, device, now)
+        whole = within(device, site.window_start(now, self.lookback), now)
+        return self._new_runs(site, whole, since, now)
+
+    def _new_runs(
+        self, site: SiteData, device: DeviceData, since: datetime, now: datetime
+    ) -> list[Finding]:
+        """The firing findings `judge` gives for the runs that may have changed since `since`,
+        when no alert of the rule is active for the device (the only news then): the runs
+        that reach within a gap of `since`, walked back from there to where the first began,
+        instead of every run of the horizon's hour or more. Data before `since` did not
+        change, and a run that ended before it and was not flat enough then is not now."""
+        max_gap = offline_after(site, device)
+        min_samples = int(site.profile.number("flatline.min_samples", device.device_id))
+        busy: Callable[[datetime], bool] | None = None
+        if device.kind == DeviceKind.DISH_MACHINE:
+            busy = partial(running_at, device, max_gap=max_gap)
+        findings: list[Finding] = []
+        for (kind, metric), key in FLAT_WINDOWS.items():
+            if kind != device.kind:
+                continue
+            window = timedelta(minutes=site.profile.number(key, device.device_id))
+            spec = kind_spec(kind).metric(metric)
+            samples = _from_run_start(
+                device, metric, cut=since - max_gap, now=now, max_gap=max_gap, busy=busy
+            )
+            for run in _runs(samples, max_gap):
+                if _flat(samples, run, window, min_samples, spec):
+                    spell = _spell(samples, run)
+                    episode = spell_episode(metric, spell, now - self.lookback, max_gap)
+                    findings.append(
+                        self._firing(site, device, metric, spell, window=window, episode=episode)
+                    )
+        return findings
 
     def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
         min_samples = int(site.profile.number("flatline.min_samples", device.device_id))
@@ -237,6 +287,41 @@ class FlatlineDetector(DeviceDetector):
             evidence_metric=metric,
             episode=episode,
         )
+
+
+def _from_run_start(
+    device: DeviceData,
+    metric: str,
+    *,
+    cut: datetime,
+    now: datetime,
+    max_gap: timedelta,
+    busy: Callable[[datetime], bool] | None,
+) -> list[Reading]:
+    """The metric's samples (stored data, up to `now`) from `cut` on that count (`busy`, or
+    all), preceded by those before `cut` that continue the run of the first: a list whose runs
+    (`_runs`) are exactly the runs of all the samples that count which reach `cut` or later.
+    Reads the rows near `cut` only (not the metric's whole series)."""
+    rows = device.readings
+    k = bisect_left(rows, cut, key=_TS)
+    end = bisect_right(rows, now, key=_TS)
+    tail = [r for r in rows[k:end] if r.metric == metric and (busy is None or busy(r.ts))]
+    if not tail:
+        return tail
+    head: list[Reading] = []
+    later = tail[0]
+    for i in range(k - 1, -1, -1):
+        sample = rows[i]
+        if later.ts - sample.ts > max_gap:
+            break  # a gap breaks the run (any earlier sample that counts is further still)
+        if sample.metric != metric or (busy is not None and not busy(sample.ts)):
+            continue
+        if sample.value != later.value:
+            break
+        head.append(sample)
+        later = sample
+    head.reverse()
+    return head + tail
 
 
 def _busy_times(device: DeviceData, max_gap: timedelta) -> set[datetime] | None:

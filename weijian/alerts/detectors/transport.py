@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from operator import attrgetter
+from typing import NamedTuple
 
 from weijian.alerts.detectors.common import (
     DeviceDetector,
@@ -39,8 +40,9 @@ _RESTART_CONFIRM = 10
 _GAP_BUCKET = timedelta(hours=1)
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
+    """One message (a tuple: a stream round builds hours of them per device)."""
+
     seq: int
     ts: datetime
     received_at: datetime | None
@@ -102,6 +104,18 @@ def _stored_messages(device: DeviceData, now: datetime) -> list[Message]:
         if held is _UNSEEN or (at is not None and (held is None or at < held)):
             received[key] = at
     return [Message(seq, ts, received[ts, seq]) for ts, seq in sorted(received)]
+
+
+def counts_up(device: DeviceData, now: datetime) -> bool:
+    """Whether the device's messages (`messages`) carry strictly rising seqs in device-time
+    order, none a conflicting copy: the usual case, in which there is nothing to split at a
+    reboot, no seq repeats (no replay), and the gaps lie between neighbours. Memoised."""
+
+    def compute() -> bool:
+        found = messages(device, now)
+        return all(a.seq < b.seq for a, b in pairwise(found)) and not any(m.conflict for m in found)
+
+    return device.memo(("counts_up", now), compute)
 
 
 def boot_segments(found: list[Message], restart_max: int) -> list[list[Message]]:
@@ -273,8 +287,11 @@ class Gap:
         return self.after.seq - self.before.seq - 1
 
 
-def gaps(found: list[Message], restart_max: int) -> list[Gap]:
-    """Missing seqs within each boot, whatever order the messages arrived in."""
+def gaps(found: list[Message], restart_max: int, *, rising: bool = False) -> list[Gap]:
+    """Missing seqs within each boot, whatever order the messages arrived in. `rising`: the
+    seqs rise strictly in the order given (`counts_up`), so the gaps are between neighbours."""
+    if rising:
+        return [Gap(a, b) for a, b in pairwise(found) if b.seq > a.seq + 1]
     result: list[Gap] = []
     for segment in boot_segments(found, restart_max):
         ordered = sorted({m.seq: m for m in reversed(segment)}.values(), key=lambda m: m.seq)
@@ -364,9 +381,10 @@ class _SeqDetector(DeviceDetector):
         start = _last_message_before(device, hour)
         if start is None:
             return None
-        found = messages(within(device, start, now), now)
-        if any(b.seq <= a.seq for a, b in pairwise(found)):
+        part = within(device, start, now)
+        if not counts_up(part, now):
             return None
+        found = messages(part, now)
         # And every message stamped before it must come before it in the counter too: a
         # clock set back stamps later messages earlier, and those would look missing from
         # the part judged (a gap the whole lookback does not have).
@@ -417,7 +435,7 @@ class SequenceGapDetector(_SeqDetector):
         grace = seconds(site.profile.number("seq.gap_grace_s", device.device_id))
         ahead = seconds(site.profile.number("clock_skew.max_s", device.device_id))
         found = messages(device, now)
-        every = gaps(found, _restart_max(site, device))
+        every = gaps(found, _restart_max(site, device), rising=counts_up(device, now))
         # A gap counts once the message after it has been in for the grace time (a backlog
         # still arriving fills it), and not after a message stamped ahead of its arrival:
         # with the clock ahead, the next messages carry device times after `now` and are not
@@ -478,7 +496,8 @@ class ReplayDetector(_SeqDetector):
 
     def judge(self, site: SiteData, device: DeviceData, now: datetime) -> list[Finding]:
         found = messages(device, now)
-        copies = replays(found, _restart_max(site, device))
+        # Strictly rising seqs, no conflicting copy: no seq was used twice.
+        copies = [] if counts_up(device, now) else replays(found, _restart_max(site, device))
         findings = [
             self._firing(site, device, hour, group)
             for hour, group in sorted(_hourly([(m.arrived, m) for m in copies]).items())
