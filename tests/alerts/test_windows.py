@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from weijian.alerts import repository
-from weijian.alerts.models import stamp_runs
+from weijian.alerts.models import stamp_runs, stored_messages
 from weijian.alerts.windows import WindowCache
 from weijian.config import Settings
 from weijian.db.connection import AsyncConn, connect
@@ -81,8 +81,11 @@ async def check_same(
     for device in DEVICES:
         assert keys(got_r[device]) == keys(want_r[device]), device
         assert keys(got_e[device]) == keys(want_e[device]), device
-        # The stamps carried from the last window are those of the rows handed over.
-        assert window.stamps[device] == (stamp_runs(got_r[device]), stamp_runs(got_e[device]))
+        # The stamps and messages carried from the last window are those of the rows handed
+        # over.
+        runs = (stamp_runs(got_r[device]), stamp_runs(got_e[device]))
+        assert window.stamps[device] == runs
+        assert window.messages[device] == stored_messages(*runs)
         times = [r.ts for r in got_r[device]]
         assert times == sorted(times), "windows stay in device-time order"
 
@@ -239,10 +242,9 @@ async def test_announced_data_is_read_from_its_time_and_nothing_else_again(
         for device in DEVICES:
             assert keys(window.readings[device]) == keys(want_r[device]), device
             assert keys(window.events[device]) == keys(want_e[device]), device
-            assert window.stamps[device] == (
-                stamp_runs(window.readings[device]),
-                stamp_runs(window.events[device]),
-            )
+            runs = (stamp_runs(window.readings[device]), stamp_runs(window.events[device]))
+            assert window.stamps[device] == runs
+            assert window.messages[device] == stored_messages(*runs)
         # From its time on, not the whole window: dev-b's minutes 31-59 and the late row.
         assert cache.stats.full_loads == 2
         assert cache.stats.rows_read - read == 2 * 29 + 1

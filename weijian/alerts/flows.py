@@ -18,9 +18,9 @@ import orjson
 
 from weijian.alerts import repository, service
 from weijian.alerts.freshness import Freshness, judged_pairs
-from weijian.alerts.models import Detector, DeviceData, Finding, SiteData, Stamp
+from weijian.alerts.models import Detector, DeviceData, Finding, SiteData
 from weijian.alerts.profiles import build_profile
-from weijian.alerts.windows import WindowCache
+from weijian.alerts.windows import Window, WindowCache
 from weijian.db.connection import AsyncConn
 from weijian.devices import service as devices
 from weijian.devices.kinds import DeviceKind, SiteKind
@@ -90,14 +90,14 @@ async def load_site_data(
                 starts[str(row["id"])] = (
                     start if late_since is None else min(start, late_since - span)
                 )
-        carried: dict[str, tuple[list[Stamp], list[Stamp]]] = {}
+        window: Window | None = None
         if cache is None:
             readings, events = await _site_window(conn, starts, now + AHEAD)
         else:
             window = await cache.window(
                 conn, starts, now, late_since, ahead=AHEAD, announced=new_data
             )
-            readings, events, carried = window.readings, window.events, window.stamps
+            readings, events = window.readings, window.events
         conflicts: dict[str, list[Reading]] = defaultdict(list)
         active: frozenset[tuple[str, str | None]] = frozenset()
         if starts:
@@ -125,8 +125,10 @@ async def load_site_data(
                 conflicts=conflicts.get(device_id, ()),
                 status_at=row["status_at"],
             )
-            if device_id in carried:
-                device_data[device_id].seed("stamp_parts", carried[device_id])
+            if window is not None and device_id in window.stamps:
+                # Carried by the cache between evaluations (common.stamps, messages).
+                device_data[device_id].seed("stamp_parts", window.stamps[device_id])
+                device_data[device_id].seed("stored_messages", window.messages[device_id])
         first = device_rows[0]
         profile = build_profile(
             str(first["site_kind"]),

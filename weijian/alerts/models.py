@@ -5,11 +5,11 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from itertools import compress, groupby
+from itertools import chain, compress, groupby
 from operator import attrgetter, itemgetter
-from typing import Any, Literal, Protocol, TypeVar, cast
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar, cast
 
 from pydantic import BaseModel
 
@@ -37,6 +37,49 @@ def slice_stamps(runs: list[Stamp], start: datetime, end: datetime) -> list[Stam
     lo = bisect_left(runs, start, key=_STAMP_TS)
     hi = bisect_right(runs, end, key=_STAMP_TS)
     return runs[lo:hi]
+
+
+class Message(NamedTuple):
+    """One message of a device: its seq, device time and earliest receive time (a tuple: a
+    stream round reads hours of them per device)."""
+
+    seq: int
+    ts: datetime
+    received_at: datetime | None
+    # The same (seq, ts) came with different values (a replay that kept the time).
+    conflict: bool = False
+
+    @property
+    def arrived(self) -> datetime:
+        return self.received_at or self.ts
+
+
+_UNSEEN = datetime.min.replace(tzinfo=UTC)
+_MESSAGE_TS = attrgetter("ts")
+
+
+def stored_messages(readings: list[Stamp], events: list[Stamp]) -> list[Message]:
+    """The messages with a seq of stored data without conflicting copies, from the stamp runs
+    of its readings and events, in (device time, seq) order: the store keeps one row per
+    (metric, ts) and (type, ts), so no (seq, ts) holds two values for one name; only the
+    earliest receive time of each message is to find. The messages of the rows with device
+    time in [start, end] are the slice of these (`slice_messages`)."""
+    received: dict[tuple[datetime, int], datetime | None] = {}
+    for ts, seq, at in chain(readings, events):
+        if seq is None:
+            continue
+        key = (ts, seq)
+        held = received.get(key, _UNSEEN)
+        if held is _UNSEEN or (at is not None and (held is None or at < held)):
+            received[key] = at
+    return [Message(seq, ts, received[ts, seq]) for ts, seq in sorted(received)]
+
+
+def slice_messages(found: list[Message], start: datetime, end: datetime) -> list[Message]:
+    """The part of `stored_messages` with device time in [start, end]."""
+    lo = bisect_left(found, start, key=_MESSAGE_TS)
+    hi = bisect_right(found, end, key=_MESSAGE_TS)
+    return found[lo:hi]
 
 
 def join_stamps(readings: list[Stamp], events: list[Stamp]) -> list[Stamp]:

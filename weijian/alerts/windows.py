@@ -30,7 +30,14 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from weijian.alerts import repository
-from weijian.alerts.models import Stamp, slice_stamps, stamp_runs
+from weijian.alerts.models import (
+    Message,
+    Stamp,
+    slice_messages,
+    slice_stamps,
+    stamp_runs,
+    stored_messages,
+)
 from weijian.db.connection import AsyncConn
 from weijian.telemetry import Event, Reading
 
@@ -65,9 +72,10 @@ class _Held:
     end: datetime
     readings: list[Reading]
     events: list[Event]
-    # stamp_runs of readings and of events
+    # stamp_runs of readings and of events, and the stored_messages they make
     stamps_r: list[Stamp]
     stamps_e: list[Stamp]
+    messages: list[Message]
 
     @property
     def rows(self) -> int:
@@ -77,11 +85,13 @@ class _Held:
 @dataclass
 class Window:
     """What `WindowCache.window` returns: per device its readings and events in device-time
-    order, and their `stamp_runs` (readings', events'). Unpacks as (readings, events)."""
+    order, their `stamp_runs` (readings', events') and `stored_messages`. Unpacks as
+    (readings, events)."""
 
     readings: dict[str, list[Reading]]
     events: dict[str, list[Event]]
     stamps: dict[str, tuple[list[Stamp], list[Stamp]]]
+    messages: dict[str, list[Message]]
 
     def __iter__(self) -> Iterator[Any]:
         yield self.readings
@@ -172,7 +182,7 @@ class WindowCache:
         self.stats.full_loads += len(full)
         self.stats.incremental_loads += len(tail)
 
-        out = Window({}, {}, {})
+        out = Window({}, {}, {}, {})
         for device_id, start in starts.items():
             got_r, beyond_r = _split_at(
                 (fresh_r if device_id in full else new_r).get(device_id, []), now
@@ -180,33 +190,45 @@ class WindowCache:
             got_e, beyond_e = _split_at(
                 (fresh_e if device_id in full else new_e).get(device_id, []), now
             )
+            runs_r, runs_e = stamp_runs(got_r), stamp_runs(got_e)
             if device_id in full:
-                held = _Held(start, now, got_r, got_e, stamp_runs(got_r), stamp_runs(got_e))
+                held = _Held(
+                    start, now, got_r, got_e, runs_r, runs_e, stored_messages(runs_r, runs_e)
+                )
             else:
+                # What was held keeps its stamps and messages; only the rows read are new.
+                # The three parts' device times do not overlap, so neither do their stamp
+                # runs or messages (a message is one (ts, seq)).
                 old = self._held[device_id]
                 cut = tail[device_id].lo
                 before_r, before_e = head_r.get(device_id, []), head_e.get(device_id, [])
+                head_runs_r, head_runs_e = stamp_runs(before_r), stamp_runs(before_e)
                 held = _Held(
                     start,
                     now,
                     _merge(before_r, old.readings, start, cut, got_r),
                     _merge(before_e, old.events, start, cut, got_e),
-                    _extend(before_r, old.stamps_r, start, cut, got_r),
-                    _extend(before_e, old.stamps_e, start, cut, got_e),
+                    [*head_runs_r, *slice_stamps(old.stamps_r, start, cut), *runs_r],
+                    [*head_runs_e, *slice_stamps(old.stamps_e, start, cut), *runs_e],
+                    [
+                        *stored_messages(head_runs_r, head_runs_e),
+                        *slice_messages(old.messages, start, cut),
+                        *stored_messages(runs_r, runs_e),
+                    ],
                 )
             self._store(device_id, held)
             # New lists when rows lie ahead: the held ones must not change.
             if beyond_r or beyond_e:
+                ahead_r, ahead_e = stamp_runs(beyond_r), stamp_runs(beyond_e)
                 out.readings[device_id] = [*held.readings, *beyond_r]
                 out.events[device_id] = [*held.events, *beyond_e]
-                out.stamps[device_id] = (
-                    [*held.stamps_r, *stamp_runs(beyond_r)],
-                    [*held.stamps_e, *stamp_runs(beyond_e)],
-                )
+                out.stamps[device_id] = ([*held.stamps_r, *ahead_r], [*held.stamps_e, *ahead_e])
+                out.messages[device_id] = [*held.messages, *stored_messages(ahead_r, ahead_e)]
             else:
                 out.readings[device_id] = held.readings
                 out.events[device_id] = held.events
                 out.stamps[device_id] = (held.stamps_r, held.stamps_e)
+                out.messages[device_id] = held.messages
         self._evict(keep=set(starts))
         return out
 
@@ -277,14 +299,6 @@ def _split_at(rows: list[_Timed], now: datetime) -> tuple[list[_Timed], list[_Ti
     """Rows (sorted by device time) up to `now`, and those after it."""
     i = bisect_right(rows, now, key=lambda x: x.ts)
     return (rows, []) if i == len(rows) else (rows[:i], rows[i:])
-
-
-def _extend(
-    head: list[_Timed], held: list[Stamp], start: datetime, cut: datetime, tail: list[_Timed]
-) -> list[Stamp]:
-    """The stamp runs of what `_merge` returns, from the held rows' runs: the three parts'
-    device times do not overlap, so neither do their runs."""
-    return [*stamp_runs(head), *slice_stamps(held, start, cut), *stamp_runs(tail)]
 
 
 def _merge(

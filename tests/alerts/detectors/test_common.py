@@ -18,6 +18,7 @@ from weijian.alerts.detectors.common import (
     mmss,
     settle,
     stamps,
+    stored_messages_of,
     within,
 )
 from weijian.alerts.models import Finding, SiteData
@@ -171,12 +172,14 @@ def test_a_slice_takes_its_part_of_the_whole_devices_stamps() -> None:
         device(DeviceKind.WASTE_STORE_ENV), readings=readings, events=events, ordered=True
     )
     assert len(stamps(whole)) == 30
+    assert len(stored_messages_of(whole)) == 30  # the event shares seq 29 and its time
     for lo, hi in [(0, 290), (55, 120), (100, 100), (300, 400)]:
         start, end = base + timedelta(seconds=lo), base + timedelta(seconds=hi)
         part = within(whole, start, end)
         assert part.has("stamp_parts")  # seeded from the whole's
         fresh = replace(part)  # the same data, nothing memoised
         assert stamps(part) == stamps(fresh)
+        assert stored_messages_of(part) == stored_messages_of(fresh)
 
 
 def test_metric_index_keeps_each_metrics_readings_in_order() -> None:

@@ -25,13 +25,16 @@ from zoneinfo import ZoneInfo
 from weijian.alerts.models import (
     DeviceData,
     Finding,
+    Message,
     RuleSpec,
     Severity,
     SiteData,
     Stamp,
     join_stamps,
+    slice_messages,
     slice_stamps,
     stamp_runs,
+    stored_messages,
 )
 from weijian.devices.kinds import DeviceKind
 from weijian.telemetry import Event, Reading
@@ -122,6 +125,12 @@ def stamps(device: DeviceData) -> list[Stamp]:
     return device.memo("stamps", lambda: join_stamps(*stamp_parts(device)))
 
 
+def stored_messages_of(device: DeviceData) -> list[Message]:
+    """`models.stored_messages` of the device (stored data without conflicting copies; the
+    window cache hands them over with the data). Read-only."""
+    return device.memo("stored_messages", lambda: stored_messages(*stamp_parts(device)))
+
+
 def stamp_parts(device: DeviceData) -> tuple[list[Stamp], list[Stamp]]:
     """`stamp_runs` of the device's readings and of its events (read-only)."""
     return device.memo(
@@ -188,6 +197,8 @@ def _within(device: DeviceData, start: datetime, end: datetime) -> DeviceData:
         # order): cheaper than splitting the part's readings again.
         whole = device.metric_index()
         part.seed("by_metric", {m: _slice(rs, start, end, True) for m, rs in whole.items()})
+    if device.ordered and device.has("stored_messages"):
+        part.seed("stored_messages", slice_messages(stored_messages_of(device), start, end))
     if device.ordered and device.has("stamp_parts"):
         runs_r, runs_e = stamp_parts(device)
         part.seed(

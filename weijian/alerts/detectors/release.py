@@ -4,9 +4,8 @@ of the site has met its limit recently (site-level; the finding sits on the line
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from weijian.alerts.detectors import chemical, dish, thermal
 from weijian.alerts.detectors.common import (
@@ -30,9 +29,9 @@ from weijian.telemetry import Reading
 _RESET_FRACTION = 0.5
 
 
-@dataclass(frozen=True)
-class Increment:
-    """Pieces packed between the previous counter sample and this one."""
+class Increment(NamedTuple):
+    """Pieces packed between the previous counter sample and this one (a tuple: built for
+    every counter sample of hours of packing)."""
 
     ts: datetime
     pieces: float

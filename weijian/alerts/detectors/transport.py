@@ -8,13 +8,12 @@ both.
 from __future__ import annotations
 
 import json
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from itertools import pairwise
 from operator import attrgetter
-from typing import NamedTuple
 
 from weijian.alerts.detectors.common import (
     DeviceDetector,
@@ -25,10 +24,11 @@ from weijian.alerts.detectors.common import (
     seconds,
     since_label,
     stamps,
+    stored_messages_of,
     within,
 )
 from weijian.alerts.detectors.presence import reporting_interval
-from weijian.alerts.models import DeviceData, Finding, SiteData
+from weijian.alerts.models import DeviceData, Finding, Message, SiteData
 from weijian.alerts.models import Severity as Sev
 from weijian.alerts.rules import rule
 from weijian.devices.kinds import DeviceKind
@@ -38,20 +38,6 @@ _ALL = frozenset(DeviceKind)
 # count as a reboot (a replayed seq 0 or 1 followed by the old counter is not a reboot).
 _RESTART_CONFIRM = 10
 _GAP_BUCKET = timedelta(hours=1)
-
-
-class Message(NamedTuple):
-    """One message (a tuple: a stream round builds hours of them per device)."""
-
-    seq: int
-    ts: datetime
-    received_at: datetime | None
-    # The same (seq, ts) came with different values (a replay that kept the time).
-    conflict: bool = False
-
-    @property
-    def arrived(self) -> datetime:
-        return self.received_at or self.ts
 
 
 def messages(device: DeviceData, now: datetime) -> list[Message]:
@@ -88,22 +74,12 @@ def _messages(device: DeviceData, now: datetime) -> list[Message]:
     return sorted(found, key=lambda m: (m.ts, m.seq))
 
 
-_UNSEEN = datetime.min.replace(tzinfo=UTC)
-
-
 def _stored_messages(device: DeviceData, now: datetime) -> list[Message]:
-    """`_messages` for stored data without conflicting copies: the store keeps one row per
-    (metric, ts) and (type, ts), so no (seq, ts) can hold two values for one name; only the
-    earliest receive time of each message is to find (one pass, no value kept per row)."""
-    received: dict[tuple[datetime, int], datetime | None] = {}
-    for ts, seq, at in stamps(device):
-        if seq is None or ts > now:
-            continue
-        key = (ts, seq)
-        held = received.get(key, _UNSEEN)
-        if held is _UNSEEN or (at is not None and (held is None or at < held)):
-            received[key] = at
-    return [Message(seq, ts, received[ts, seq]) for ts, seq in sorted(received)]
+    """`_messages` for stored data without conflicting copies (`models.stored_messages`), up
+    to `now`: the window cache hands them over with the data, and a slice of a device takes
+    its part of them."""
+    found = stored_messages_of(device)
+    return found[: bisect_right(found, now, key=_TS)]
 
 
 def counts_up(device: DeviceData, now: datetime) -> bool:
