@@ -595,7 +595,8 @@ def eval_(
         str | None,
         typer.Option(
             help="Write each scenario's scores, misses and false alerts to DIR/<name>.json"
-            " as soon as it finishes (a stopped run keeps them).",
+            " as soon as it finishes (a stopped run keeps them). With --parts, each finished"
+            " part is kept there too and the same command run again takes it from there.",
             metavar="DIR",
         ),
     ] = None,
@@ -606,7 +607,7 @@ def eval_(
     from rich.console import Console
 
     from weijian.simulator import load_scenarios, match, render_table, to_dict
-    from weijian.simulator.evaluate import ScenarioResult, evaluate_paths
+    from weijian.simulator.evaluate import PartStore, ScenarioResult, evaluate_paths
 
     settings = _settings()
     _logging("WARNING" if as_json else settings.log_level)
@@ -657,6 +658,7 @@ def eval_(
             jobs=jobs,
             parts=parts,
             on_result=finished,
+            store=None if save_dir is None else PartStore(save_dir),
         )
     labels = [label for r in results for label in r.labels]
     alerts = [alert for r in results for alert in r.alerts]

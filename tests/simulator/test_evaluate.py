@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from weijian.simulator.device import Outgoing, connect_message
 from weijian.simulator.engine import MemorySink, Simulation
 from weijian.simulator.evaluate import (
     CountingSink,
+    PartStore,
     ScenarioEvaluation,
     ScenarioResult,
     _hear_all,
@@ -24,7 +26,9 @@ from weijian.simulator.evaluate import (
     next_disjoint,
     split_sites,
 )
+from weijian.simulator.labels import Label
 from weijian.simulator.live import plants_scenario
+from weijian.simulator.matcher import AlertRecord
 from weijian.simulator.plan import plan_scenario
 from weijian.simulator.scenario import Scenario, load_scenario
 
@@ -196,7 +200,7 @@ def test_parts_plan_and_send_exactly_what_the_whole_scenario_does() -> None:
     assert apart == together
 
 
-def test_a_scenario_evaluated_in_parts_is_scored_as_one(settings: Settings) -> None:
+def test_a_scenario_evaluated_in_parts_is_scored_as_one(settings: Settings, tmp_path: Path) -> None:
     scenario = plants_scenario(
         2,
         fault="under_temp",
@@ -204,6 +208,7 @@ def test_a_scenario_evaluated_in_parts_is_scored_as_one(settings: Settings) -> N
         duration=timedelta(hours=1, minutes=30),
     )
     reported: list[ScenarioResult] = []
+    store = PartStore(tmp_path)
     (result,) = evaluate_paths(
         settings,
         [(Path("plants.yaml"), scenario)],
@@ -211,6 +216,7 @@ def test_a_scenario_evaluated_in_parts_is_scored_as_one(settings: Settings) -> N
         scan=timedelta(minutes=2),
         parts=2,
         on_result=reported.append,
+        store=store,
     )
     assert reported == [result]
     assert result.scenario == scenario
@@ -218,3 +224,62 @@ def test_a_scenario_evaluated_in_parts_is_scored_as_one(settings: Settings) -> N
     score = match(result.labels, result.alerts).score()
     assert (score.tp, score.fp, score.fn) == (1, 0, 0)
     assert result.messages > 500
+
+    # Each part was kept as it finished; the same run again takes both from the store
+    # (evaluated afresh, the wall time could not be the same to the microsecond).
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"{scenario.name}.part-1-of-2.json",
+        f"{scenario.name}.part-2-of-2.json",
+    ]
+    (again,) = evaluate_paths(
+        settings,
+        [(Path("plants.yaml"), scenario)],
+        step=timedelta(seconds=30),
+        scan=timedelta(minutes=2),
+        parts=2,
+        store=store,
+    )
+    assert again == result
+
+
+def test_a_stored_part_is_reused_only_for_the_same_run(tmp_path: Path) -> None:
+    scenario = plants_scenario(
+        2,
+        fault="under_temp",
+        start=datetime(2026, 11, 23, 1, 0, tzinfo=UTC),
+        duration=timedelta(hours=1),
+    )
+    first, second = split_sites(scenario, 2)
+    settings = Settings()
+    job = _Job(settings, Path("p.yaml"), first, timedelta(seconds=10), False, None, "1/2")
+    label = Label(
+        "disinfection.hold_time_short",
+        "plant-1",
+        "cabinet",
+        datetime(2026, 11, 23, 2, 0, tzinfo=UTC),
+        datetime(2026, 11, 23, 2, 15, tzinfo=UTC),
+        scenario.name,
+        "f1",
+    )
+    alert = AlertRecord(
+        "disinfection.hold_time_short",
+        "plant-1",
+        "cabinet",
+        datetime(2026, 11, 23, 2, 1, tzinfo=UTC),
+        severity="major",
+    )
+    result = ScenarioResult(first, [label], [alert], 1234, 56.5, 40.25, ["a note"])
+    store = PartStore(tmp_path)
+    assert store.load(job) is None  # nothing kept yet
+    store.save(job, result)
+    assert store.load(job) == result
+    for other in (
+        replace(job, step=timedelta(seconds=30)),
+        replace(job, scan=timedelta(minutes=1)),
+        replace(job, scenario=first.model_copy(update={"seed": first.seed + 1})),
+    ):
+        assert store.path(other) == store.path(job)
+        assert store.load(other) is None
+    assert store.load(replace(job, scenario=second, part="2/2")) is None
+    store.path(job).write_text("{not json")
+    assert store.load(job) is None

@@ -12,6 +12,7 @@ platform raised are then matched to the scenario's labels.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import multiprocessing
 import multiprocessing.process
@@ -26,9 +27,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import sql
 
+from weijian import __version__
 from weijian.alerts import repository as alerts_repo
 from weijian.alerts.detectors import catalogue
 from weijian.alerts.jobs import FULL_SCAN_INTERVAL_S, DetectionLoop
@@ -343,6 +346,76 @@ class _Job:
         return result
 
 
+class PartStore:
+    """Finished parts of scenarios evaluated in parts, one JSON file each in a folder, so a
+    stopped run started again picks up where it stopped (a week of a city can span sessions
+    or machines: each part is a scenario of its own sites, judged independently).
+
+    A stored part is reused only for the same part of the same plan (its sites, faults,
+    seed, duration), the same step and scan, and the same platform version; anything else
+    is evaluated afresh and the file replaced."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def path(self, job: _Job) -> Path:
+        number, _, count = job.part.partition("/")
+        return self.folder / f"{job.scenario.name}.part-{number}-of-{count}.json"
+
+    @staticmethod
+    def fingerprint(job: _Job) -> dict[str, Any]:
+        # (the repr of the plain fields: pydantic's JSON of a fault's offset-or-instant warns)
+        plan = hashlib.sha256(repr(job.scenario.model_dump()).encode()).hexdigest()
+        return {
+            "scenario": job.scenario.name,
+            "part": job.part,
+            "plan_sha256": plan,
+            "step_s": job.step.total_seconds(),
+            "scan_s": None if job.scan is None else job.scan.total_seconds(),
+            "version": __version__,
+        }
+
+    def save(self, job: _Job, result: ScenarioResult) -> Path:
+        out = self.path(job)
+        data = {
+            **self.fingerprint(job),
+            "messages": result.messages,
+            "wall_s": result.wall_s,
+            "detection_s": result.detection_s,
+            "notes": result.notes,
+            "labels": [label.to_dict() for label in result.labels],
+            "alerts": [alert.to_dict() for alert in result.alerts],
+        }
+        temporary = out.with_suffix(".tmp")
+        temporary.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+        temporary.replace(out)  # a run stopped mid-write leaves no half a file
+        return out
+
+    def load(self, job: _Job) -> ScenarioResult | None:
+        """The stored result of this part, or None (none stored, or stored for another plan,
+        step, scan or version)."""
+        try:
+            data = orjson.loads(self.path(job).read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, orjson.JSONDecodeError) as exc:
+            log.warning("ignoring stored part %s: %s", self.path(job), exc)
+            return None
+        expected = self.fingerprint(job)
+        if {key: data.get(key) for key in expected} != expected:
+            log.warning("stored part %s is of another run; evaluating it again", self.path(job))
+            return None
+        return ScenarioResult(
+            job.scenario,
+            [Label.from_dict(item) for item in data["labels"]],
+            [AlertRecord.from_dict(item) for item in data["alerts"]],
+            data["messages"],
+            data["wall_s"],
+            data["detection_s"],
+            data["notes"],
+        )
+
+
 def evaluate_paths(
     base: Settings,
     scenarios: Sequence[tuple[Path, Scenario]],
@@ -353,6 +426,7 @@ def evaluate_paths(
     jobs: int = 1,
     parts: int = 1,
     on_result: Callable[[ScenarioResult], None] | None = None,
+    store: PartStore | None = None,
 ) -> list[ScenarioResult]:
     """Evaluate scenarios, each on its own database: one after the other, or `jobs` at a time
     in worker processes (results in the order given). With `parts` > 1 each scenario is
@@ -360,7 +434,8 @@ def evaluate_paths(
     their results are merged into the scenario's.
 
     `on_result` sees each scenario as soon as it is done (all its parts), so a run stopped
-    later keeps what finished."""
+    later keeps what finished. With a `store`, each part is kept as soon as it is done and a
+    part already there is taken from it instead of evaluated again."""
     if jobs < 1:
         raise ValueError("jobs must be at least 1")
     todo: list[_Job] = []
@@ -375,18 +450,39 @@ def evaluate_paths(
     merged: dict[int, ScenarioResult] = {}
     report = on_result or (lambda _result: None)
 
-    def done(job: int, result: ScenarioResult) -> None:
+    def collect(job: int, result: ScenarioResult) -> None:
         index = owner[job]
         pending.setdefault(index, []).append(result)
         if len(pending[index]) == owner.count(index):
             merged[index] = merge_parts(scenarios[index][1], pending.pop(index))
             report(merged[index])
 
-    if jobs == 1 or len(todo) == 1:
-        for number, job in enumerate(todo):
-            done(number, job.run())
-    else:
-        _evaluate_parallel(todo, jobs, done)
+    def done(job: int, result: ScenarioResult) -> None:
+        if store is not None and todo[job].part:
+            where = store.save(todo[job], result)
+            sys.stderr.write(f"eval {todo[job].title}: kept {where}\n")
+        collect(job, result)
+
+    def kept(job: _Job) -> ScenarioResult | None:
+        if store is None or not job.part:
+            return None
+        result = store.load(job)
+        if result is not None:
+            sys.stderr.write(f"eval {job.title}: taken from {store.path(job)}\n")
+        return result
+
+    remaining: list[int] = []
+    for number, job in enumerate(todo):
+        stored = kept(job)
+        if stored is None:
+            remaining.append(number)
+        else:
+            collect(number, stored)
+    if jobs == 1 or len(remaining) == 1:
+        for number in remaining:
+            done(number, todo[number].run())
+    elif remaining:
+        _evaluate_parallel(todo, remaining, jobs, done)
     return [merged[i] for i in range(len(scenarios))]
 
 
@@ -468,12 +564,15 @@ def next_disjoint(
 
 
 def _evaluate_parallel(
-    todo: Sequence[_Job], jobs: int, done: Callable[[int, ScenarioResult], None]
+    todo: Sequence[_Job],
+    chosen: Sequence[int],
+    jobs: int,
+    done: Callable[[int, ScenarioResult], None],
 ) -> None:
-    """Run the jobs `jobs` at a time; each result goes to `done(job index, result)`."""
+    """Run the `chosen` jobs `jobs` at a time; each result goes to `done(job index, result)`."""
     ctx = multiprocessing.get_context("spawn")
     out: multiprocessing.queues.Queue[tuple[int, ScenarioResult | str]] = ctx.Queue()
-    waiting = list(enumerate(todo))
+    waiting = [(index, todo[index]) for index in chosen]
     running: dict[int, multiprocessing.process.BaseProcess] = {}
     try:
         while waiting or running:

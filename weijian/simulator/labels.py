@@ -64,3 +64,12 @@ class Label:
             if out[key] is not None:
                 out[key] = out[key].isoformat()
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Label:
+        """The label `to_dict` wrote."""
+        times = {
+            key: None if data.get(key) is None else datetime.fromisoformat(data[key])
+            for key in ("detectable_at", "window_end", "window_start")
+        }
+        return cls(**{**data, **times})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +29,14 @@ class AlertRecord:
     id: str | None = None
     # The highest severity the alert reached (None: unknown, taken as a violation).
     severity: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "detected_at": self.detected_at.isoformat()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AlertRecord:
+        """The record `to_dict` wrote."""
+        return cls(**{**data, "detected_at": datetime.fromisoformat(data["detected_at"])})
 
     @property
     def prewarning(self) -> bool:
