@@ -73,9 +73,12 @@ async def check_same(
     conn: AsyncConn,
     now: datetime,
     late_since: datetime | None = None,
+    *,
+    starts: dict[str, datetime] | None = None,
+    announced: dict[str, datetime] | None = None,
 ) -> None:
-    starts = dict.fromkeys(DEVICES, now - LOOKBACK)
-    window = await cache.window(conn, starts, now, late_since)
+    starts = starts or dict.fromkeys(DEVICES, now - LOOKBACK)
+    window = await cache.window(conn, starts, now, late_since, announced=announced)
     got_r, got_e = window
     want_r, want_e = await full(conn, starts, now)
     for device in DEVICES:
@@ -237,14 +240,7 @@ async def test_announced_data_is_read_from_its_time_and_nothing_else_again(
         late = [Reading(T0 + timedelta(minutes=30, seconds=5), "dev-b", "temp_c", 9.0, 999, now)]
         insert(settings, late)
         now = T0 + timedelta(minutes=62)
-        window = await cache.window(conn, starts, now, announced={"dev-b": late[0].ts})
-        want_r, want_e = await full(conn, starts, now)
-        for device in DEVICES:
-            assert keys(window.readings[device]) == keys(want_r[device]), device
-            assert keys(window.events[device]) == keys(want_e[device]), device
-            runs = (stamp_runs(window.readings[device]), stamp_runs(window.events[device]))
-            assert window.stamps[device] == runs
-            assert window.messages[device] == stored_messages(*runs)
+        await check_same(cache, conn, now, starts=starts, announced={"dev-b": late[0].ts})
         # From its time on, not the whole window: dev-b's minutes 31-59 and the late row.
         assert cache.stats.full_loads == 2
         assert cache.stats.rows_read - read == 2 * 29 + 1
