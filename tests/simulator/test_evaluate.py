@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from weijian.config import Settings
-from weijian.simulator import match
+from weijian.simulator import evaluate, match
 from weijian.simulator.device import Outgoing, connect_message
 from weijian.simulator.engine import MemorySink, Simulation
 from weijian.simulator.evaluate import (
@@ -242,7 +242,9 @@ def test_a_scenario_evaluated_in_parts_is_scored_as_one(settings: Settings, tmp_
     assert again == result
 
 
-def test_a_stored_part_is_reused_only_for_the_same_run(tmp_path: Path) -> None:
+def test_a_stored_part_is_reused_only_for_the_same_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     scenario = plants_scenario(
         2,
         fault="under_temp",
@@ -281,5 +283,9 @@ def test_a_stored_part_is_reused_only_for_the_same_run(tmp_path: Path) -> None:
         assert store.path(other) == store.path(job)
         assert store.load(other) is None
     assert store.load(replace(job, scenario=second, part="2/2")) is None
+    with monkeypatch.context() as patched:  # kept by other code
+        patched.setattr(evaluate, "code_digest", lambda: "0" * 64)
+        assert store.load(job) is None
+    assert store.load(job) == result
     store.path(job).write_text("{not json")
     assert store.load(job) is None

@@ -12,6 +12,7 @@ platform raised are then matched to the scenario's labels.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import multiprocessing
@@ -31,7 +32,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from weijian import __version__
+import weijian
 from weijian.alerts import repository as alerts_repo
 from weijian.alerts.detectors import catalogue
 from weijian.alerts.jobs import FULL_SCAN_INTERVAL_S, DetectionLoop
@@ -346,14 +347,25 @@ class _Job:
         return result
 
 
+@functools.cache
+def code_digest() -> str:
+    """SHA-256 of the platform's Python sources (paths and contents): results of one code."""
+    root = Path(weijian.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 class PartStore:
     """Finished parts of scenarios evaluated in parts, one JSON file each in a folder, so a
     stopped run started again picks up where it stopped (a week of a city can span sessions
     or machines: each part is a scenario of its own sites, judged independently).
 
     A stored part is reused only for the same part of the same plan (its sites, faults,
-    seed, duration), the same step and scan, and the same platform version; anything else
-    is evaluated afresh and the file replaced."""
+    seed, duration), the same step and scan, and the same platform code (`code_digest`);
+    anything else is evaluated afresh and the file replaced."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -372,7 +384,7 @@ class PartStore:
             "plan_sha256": plan,
             "step_s": job.step.total_seconds(),
             "scan_s": None if job.scan is None else job.scan.total_seconds(),
-            "version": __version__,
+            "code_sha256": code_digest(),
         }
 
     def save(self, job: _Job, result: ScenarioResult) -> Path:
@@ -393,7 +405,7 @@ class PartStore:
 
     def load(self, job: _Job) -> ScenarioResult | None:
         """The stored result of this part, or None (none stored, or stored for another plan,
-        step, scan or version)."""
+        step, scan or code)."""
         try:
             data = orjson.loads(self.path(job).read_bytes())
         except FileNotFoundError:
