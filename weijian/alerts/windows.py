@@ -237,9 +237,11 @@ class WindowCache:
                 out.events[device_id] = [*held.events, *beyond_e]
                 out.stamps[device_id] = ([*held.stamps_r, *ahead_r], [*held.stamps_e, *ahead_e])
                 out.messages[device_id] = [*held.messages, *stored_messages(ahead_r, ahead_e)]
-                out.metrics[device_id] = _merge_metrics(
-                    {}, held.metrics, held.start, held.end, by_metric(beyond_r)
-                )
+                ahead_m = by_metric(beyond_r)
+                out.metrics[device_id] = {
+                    m: [*held.metrics.get(m, ()), *ahead_m.get(m, ())]
+                    for m in {**held.metrics, **ahead_m}
+                }
             else:
                 out.readings[device_id] = held.readings
                 out.events[device_id] = held.events
