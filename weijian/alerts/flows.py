@@ -126,10 +126,9 @@ async def load_site_data(
                 status_at=row["status_at"],
             )
             if window is not None and device_id in window.stamps:
-                # Carried by the cache between evaluations (common.stamps, messages, series).
+                # Carried by the cache between evaluations (common.stamps, messages).
                 device_data[device_id].seed("stamp_parts", window.stamps[device_id])
                 device_data[device_id].seed("stored_messages", window.messages[device_id])
-                device_data[device_id].seed("by_metric", window.metrics[device_id])
         first = device_rows[0]
         profile = build_profile(
             str(first["site_kind"]),

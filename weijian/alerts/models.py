@@ -25,15 +25,6 @@ _STAMP = attrgetter("ts", "seq", "received_at")
 _STAMP_TS = itemgetter(0)
 
 
-def by_metric(readings: Sequence[Reading]) -> dict[str, list[Reading]]:
-    """Metric → its readings, in the order given."""
-    # A pass per metric, each in C (a device has a handful of metrics).
-    names = list(map(_METRIC, readings))
-    return {
-        name: list(compress(readings, map(name.__eq__, names))) for name in dict.fromkeys(names)
-    }
-
-
 def stamp_runs(rows: Iterable[Reading | Event]) -> list[Stamp]:
     """The rows' stamps in the order given, a run of equal stamps kept once: a message's
     readings share all three and lie side by side in time order. Runs in C."""
@@ -176,9 +167,17 @@ class DeviceData:
         return self.metric_index().get(metric, [])
 
     def metric_index(self) -> dict[str, list[Reading]]:
-        """Metric → its readings in the order held (read-only; a metric may map to no
-        readings when the index was sliced or carried from a larger window)."""
-        return self.memo("by_metric", lambda: by_metric(self.readings))
+        """Metric → its readings in the order held (read-only)."""
+
+        def split() -> dict[str, list[Reading]]:
+            # A pass per metric, each in C (a device has a handful of metrics).
+            names = list(map(_METRIC, self.readings))
+            return {
+                name: list(compress(self.readings, map(name.__eq__, names)))
+                for name in dict.fromkeys(names)
+            }
+
+        return self.memo("by_metric", split)
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,9 @@ a full load would return.
 Memory is bounded: past `max_rows` rows in all, the least recently used devices are dropped
 (and loaded in full when next needed).
 
-With the rows the cache keeps their message stamps (`models.stamp_runs`) and each metric's
-series (`models.by_metric`), extended the same way: what was held keeps them and only the rows
-read anew are stamped and split, instead of every evaluation doing it again over hours of
-rows (the per-message rules read the stamps, the per-metric rules the series).
+With the rows the cache keeps their message stamps (`models.stamp_runs`), extended the same
+way: what was held keeps its stamps and only the rows read anew are stamped, instead of
+every evaluation stamping hours of rows again (the per-message rules read them).
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ from weijian.alerts import repository
 from weijian.alerts.models import (
     Message,
     Stamp,
-    by_metric,
     slice_messages,
     slice_stamps,
     stamp_runs,
@@ -78,8 +76,6 @@ class _Held:
     stamps_r: list[Stamp]
     stamps_e: list[Stamp]
     messages: list[Message]
-    # by_metric of readings (a metric may have no rows left after the window moved on)
-    metrics: dict[str, list[Reading]]
 
     @property
     def rows(self) -> int:
@@ -89,14 +85,13 @@ class _Held:
 @dataclass
 class Window:
     """What `WindowCache.window` returns: per device its readings and events in device-time
-    order, their `stamp_runs` (readings', events'), `stored_messages` and the readings
-    `by_metric`. Unpacks as (readings, events)."""
+    order, their `stamp_runs` (readings', events') and `stored_messages`. Unpacks as
+    (readings, events)."""
 
     readings: dict[str, list[Reading]]
     events: dict[str, list[Event]]
     stamps: dict[str, tuple[list[Stamp], list[Stamp]]]
     messages: dict[str, list[Message]]
-    metrics: dict[str, dict[str, list[Reading]]]
 
     def __iter__(self) -> Iterator[Any]:
         yield self.readings
@@ -187,7 +182,7 @@ class WindowCache:
         self.stats.full_loads += len(full)
         self.stats.incremental_loads += len(tail)
 
-        out = Window({}, {}, {}, {}, {})
+        out = Window({}, {}, {}, {})
         for device_id, start in starts.items():
             got_r, beyond_r = _split_at(
                 (fresh_r if device_id in full else new_r).get(device_id, []), now
@@ -198,14 +193,7 @@ class WindowCache:
             runs_r, runs_e = stamp_runs(got_r), stamp_runs(got_e)
             if device_id in full:
                 held = _Held(
-                    start,
-                    now,
-                    got_r,
-                    got_e,
-                    runs_r,
-                    runs_e,
-                    stored_messages(runs_r, runs_e),
-                    by_metric(got_r),
+                    start, now, got_r, got_e, runs_r, runs_e, stored_messages(runs_r, runs_e)
                 )
             else:
                 # What was held keeps its stamps and messages; only the rows read are new.
@@ -227,7 +215,6 @@ class WindowCache:
                         *slice_messages(old.messages, start, cut),
                         *stored_messages(runs_r, runs_e),
                     ],
-                    _merge_metrics(by_metric(before_r), old.metrics, start, cut, by_metric(got_r)),
                 )
             self._store(device_id, held)
             # New lists when rows lie ahead: the held ones must not change.
@@ -237,17 +224,11 @@ class WindowCache:
                 out.events[device_id] = [*held.events, *beyond_e]
                 out.stamps[device_id] = ([*held.stamps_r, *ahead_r], [*held.stamps_e, *ahead_e])
                 out.messages[device_id] = [*held.messages, *stored_messages(ahead_r, ahead_e)]
-                ahead_m = by_metric(beyond_r)
-                out.metrics[device_id] = {
-                    m: [*held.metrics.get(m, ()), *ahead_m.get(m, ())]
-                    for m in {**held.metrics, **ahead_m}
-                }
             else:
                 out.readings[device_id] = held.readings
                 out.events[device_id] = held.events
                 out.stamps[device_id] = (held.stamps_r, held.stamps_e)
                 out.messages[device_id] = held.messages
-                out.metrics[device_id] = held.metrics
         self._evict(keep=set(starts))
         return out
 
@@ -338,18 +319,3 @@ def _merge(
     out.extend(held[lo:hi])
     out.extend(tail or ())
     return out
-
-
-def _merge_metrics(
-    head: Mapping[str, list[Reading]],
-    held: Mapping[str, list[Reading]],
-    start: datetime,
-    cut: datetime,
-    tail: Mapping[str, list[Reading]],
-) -> dict[str, list[Reading]]:
-    """`_merge` of each metric's series: the series of the readings `_merge` gives (each
-    series is in device-time order, so its rows in [start, cut] are a slice of it)."""
-    return {
-        metric: _merge(head.get(metric, []), held.get(metric, []), start, cut, tail.get(metric))
-        for metric in {**head, **held, **tail}
-    }

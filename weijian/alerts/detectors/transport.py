@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import pairwise
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 
 from weijian.alerts.detectors.common import (
     DeviceDetector,
@@ -23,7 +23,6 @@ from weijian.alerts.detectors.common import (
     local_time,
     seconds,
     since_label,
-    stamp_parts,
     stamps,
     stored_messages_of,
     within,
@@ -229,7 +228,6 @@ class ClockSkewDetector(DeviceDetector):
 
 
 _TS = attrgetter("ts")
-_STAMP_TS = itemgetter(0)
 
 
 def _bucket_offsets(
@@ -320,11 +318,11 @@ def _max_seq_before(device: DeviceData, when: datetime) -> int:
 
 
 def _scan_max_seq(device: DeviceData, when: datetime) -> int:
-    # Over the message stamps, not the rows (a cabinet sends five readings per message).
     top = -1
-    for part in stamp_parts(device):
-        before = part[: bisect_left(part, when, key=_STAMP_TS)]
-        top = max(top, max([seq for _, seq, _ in before if seq is not None], default=-1))
+    for items in (device.readings, device.events):
+        for row in items[: bisect_left(items, when, key=_TS)]:
+            if row.seq is not None and row.seq > top:
+                top = row.seq
     return top
 
 
