@@ -244,3 +244,28 @@ async def test_announced_data_is_read_from_its_time_and_nothing_else_again(
         # From its time on, not the whole window: dev-b's minutes 31-59 and the late row.
         assert cache.stats.full_loads == 2
         assert cache.stats.rows_read - read == 2 * 29 + 1
+
+
+@pytest.mark.anyio
+async def test_rows_ahead_of_now_come_with_their_stamps_but_are_not_held(
+    settings: Settings,
+) -> None:
+    insert(settings, [r for m in range(0, 40) for d in DEVICES for r in minute_of(d, m)])
+    cache = WindowCache()
+    conn = await connect(settings.database_url)
+    async with conn:
+        for minute in (20, 25, 25, 30):  # a full load, then extensions (one at the same now)
+            now = T0 + timedelta(minutes=minute)
+            starts = dict.fromkeys(DEVICES, T0)
+            window = await cache.window(conn, starts, now, ahead=timedelta(minutes=5))
+            for device in DEVICES:
+                rows, events = window.readings[device], window.events[device]
+                assert rows[-1].ts == now + timedelta(minutes=5)
+                runs = (stamp_runs(rows), stamp_runs(events))
+                assert window.stamps[device] == runs
+                assert window.messages[device] == stored_messages(*runs)
+        # What lay ahead was not held: the next window reads it as new rows.
+        read = cache.stats.rows_read
+        await check_same(cache, conn, T0 + timedelta(minutes=36))
+        # Minutes 26-36: the 5 min overlap before what is held (to minute 30), then new rows.
+        assert cache.stats.rows_read - read == 2 * 2 * 11
