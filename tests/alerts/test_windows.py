@@ -10,7 +10,7 @@ import pytest
 
 from weijian.alerts import repository
 from weijian.alerts.models import stamp_runs, stored_messages
-from weijian.alerts.windows import WindowCache
+from weijian.alerts.windows import Window, WindowCache
 from weijian.config import Settings
 from weijian.db.connection import AsyncConn, connect
 from weijian.telemetry import Event, Reading
@@ -68,6 +68,14 @@ def keys(items: Iterable[Reading | Event]) -> list[tuple[object, ...]]:
     )
 
 
+def check_views(window: Window, device: str) -> None:
+    """The stamps and messages carried from the last window are those of the rows handed
+    over."""
+    runs = (stamp_runs(window.readings[device]), stamp_runs(window.events[device]))
+    assert window.stamps[device] == runs
+    assert window.messages[device] == stored_messages(*runs)
+
+
 async def check_same(
     cache: WindowCache,
     conn: AsyncConn,
@@ -84,11 +92,7 @@ async def check_same(
     for device in DEVICES:
         assert keys(got_r[device]) == keys(want_r[device]), device
         assert keys(got_e[device]) == keys(want_e[device]), device
-        # The stamps and messages carried from the last window are those of the rows handed
-        # over.
-        runs = (stamp_runs(got_r[device]), stamp_runs(got_e[device]))
-        assert window.stamps[device] == runs
-        assert window.messages[device] == stored_messages(*runs)
+        check_views(window, device)
         times = [r.ts for r in got_r[device]]
         assert times == sorted(times), "windows stay in device-time order"
 
@@ -259,11 +263,8 @@ async def test_rows_ahead_of_now_come_with_their_stamps_but_are_not_held(
             starts = dict.fromkeys(DEVICES, T0)
             window = await cache.window(conn, starts, now, ahead=timedelta(minutes=5))
             for device in DEVICES:
-                rows, events = window.readings[device], window.events[device]
-                assert rows[-1].ts == now + timedelta(minutes=5)
-                runs = (stamp_runs(rows), stamp_runs(events))
-                assert window.stamps[device] == runs
-                assert window.messages[device] == stored_messages(*runs)
+                assert window.readings[device][-1].ts == now + timedelta(minutes=5)
+                check_views(window, device)
         # What lay ahead was not held: the next window reads it as new rows.
         read = cache.stats.rows_read
         await check_same(cache, conn, T0 + timedelta(minutes=36))
